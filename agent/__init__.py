@@ -1,0 +1,1 @@
+"""podwarden agent: CLI, config, transports, podman vocabulary, watcher, probes, testbed."""

@@ -1,0 +1,492 @@
+"""Load and validate config.toml into typed objects.
+
+Every problem becomes one ConfigError naming the file, the key and what to do.
+Durations read as `30s`, `5m`, `8h`, `1h30m`, `250ms` or a bare number of seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import ConfigError, UsageError
+
+CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration such as `30s`, `5m`, `8h`, `1h30m`; raises ValueError."""
+    hint = f"invalid duration {value!r}: use a number with s, m or h, like 30s, 5m, 8h"
+    if isinstance(value, bool):
+        raise ValueError(hint)
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        return float(value)
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    if text and re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+", text):
+        return sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text))
+    raise ValueError(hint)
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest readable form of a duration: 90 -> '1m30s'."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or "0s"
+
+
+def validate_container_name(name: str) -> str:
+    """Return `name` if podman would accept it as a container name; raises ValueError."""
+    if not isinstance(name, str) or CONTAINER_NAME_RE.fullmatch(name) is None:
+        raise ValueError(f"invalid container name {name!r}: must match [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    return name
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ContainerName = Annotated[str, BeforeValidator(validate_container_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- targets
+
+class TargetConfig(_Strict):
+    """How to reach one node."""
+
+    name: str = ""
+    transport: Literal["local", "ssh"] = "ssh"
+    host: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    insecure_skip_host_key_check: bool = False
+    podman: list[str] = Field(default_factory=lambda: ["podman"])
+    connect_timeout: Duration = 10.0
+    keepalive_interval: Duration = 10.0
+    keepalive_count_max: int = Field(default=3, ge=1)
+    max_channels: int = Field(default=8, ge=1, le=64)
+
+    @field_validator("podman", mode="before")
+    @classmethod
+    def _split_podman(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.split()
+        return value
+
+    @model_validator(mode="after")
+    def _ssh_needs_host(self) -> "TargetConfig":
+        if self.transport == "ssh" and not self.host:
+            raise ValueError("an ssh target needs `host`")
+        return self
+
+    def describe(self) -> str:
+        """A short human name: `local` or `user@host:port`."""
+        if self.transport == "local":
+            return "local"
+        user = f"{self.user}@" if self.user else ""
+        return f"{user}{self.host}:{self.port}"
+
+
+# ---------------------------------------------------------------- probes
+
+class _Probe(_Strict):
+    name: str | None = None
+    timeout: Duration = 10.0
+
+
+class ExecProbe(_Probe):
+    """A command inside the container, with expectations on its exit and output."""
+
+    type: Literal["exec"]
+    command: list[str] = Field(min_length=1)
+    expect_exit: int = 0
+    expect_json: dict[str, Any] = Field(default_factory=dict)
+    expect_json_keys: list[str] = Field(default_factory=list)
+    expect_regex: str | None = None
+
+
+class HttpProbe(_Probe):
+    """A URL on the node, fetched through the target's link (no curl needed there)."""
+
+    type: Literal["http"]
+    url: str
+    expect_status: int = 200
+    expect_json: dict[str, Any] = Field(default_factory=dict)
+    expect_regex: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"invalid url {value!r}: use http://HOST:PORT/PATH")
+        return value
+
+
+class TcpProbe(_Probe):
+    """A port on the node accepts a connection."""
+
+    type: Literal["tcp"]
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
+class HealthcheckProbe(_Probe):
+    """`podman healthcheck run NAME`: 0 healthy, 1 unhealthy, 125 error."""
+
+    type: Literal["podman-healthcheck"]
+
+
+class ServiceProbe(_Probe):
+    """A host service is active (`systemctl is-active NAME` or the configured command)."""
+
+    type: Literal["service"]
+    command: list[str] | None = None
+
+
+class LogsProbe(_Probe):
+    """No error lines in the last N lines (or the last T) of the container's log."""
+
+    type: Literal["logs"]
+    lines: int = Field(default=100, ge=1)
+    since: Duration | None = None
+
+
+Probe = Annotated[
+    Union[ExecProbe, HttpProbe, TcpProbe, HealthcheckProbe, ServiceProbe, LogsProbe],
+    Field(discriminator="type"),
+]
+
+DEFAULT_ERROR_PATTERNS = [r"(?i)\b(error|fail(ed|ure)?|panic|fatal|crash|unable|refused|timeout|permission denied)\b"]
+
+
+# ---------------------------------------------------------------- containers and services
+
+POLICY_RULES = (
+    "restart-policy",
+    "memory-limit",
+    "image-pinned",
+    "caps",
+    "read-only-rootfs",
+    "missing",
+)
+
+
+class ContainerConfig(_Strict):
+    """One container the node is expected to run."""
+
+    name: str = ""
+    role: str = ""
+    depends_on: list[ContainerName] = Field(default_factory=list)
+    expected_state: Literal["running", "healthy", "stopped", "absent"] = "running"
+    probes: list[Probe] = Field(default_factory=list)
+    log_errors: list[str] | None = None
+    log_ignore: list[str] = Field(default_factory=list)
+    policies: dict[str, bool] = Field(default_factory=dict)
+    restart_policies: list[str] | None = None
+    healthcheck_interval: Duration | None = None
+
+    @field_validator("log_errors", "log_ignore")
+    @classmethod
+    def _regexes(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, value: dict[str, bool]) -> dict[str, bool]:
+        for key in value:
+            if key not in POLICY_RULES:
+                raise ValueError(f"unknown policy {key!r}: known policies are {', '.join(POLICY_RULES)}")
+        return value
+
+
+class ServiceConfig(_Strict):
+    """A host service the containers live beside (the seed's backend)."""
+
+    name: str = ""
+    health_url: str | None = None
+    status_command: list[str] | None = None
+    kill_command: list[str] | None = None
+    start_command: list[str] | None = None
+    restart_deadline: Duration = 30.0
+    probes: list[Probe] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- behaviour
+
+class MachineConfig(_Strict):
+    """Crash-loop detection thresholds for the container state machines."""
+
+    crashloop_deaths: int = Field(default=3, ge=1)
+    crashloop_window: Duration = 300.0
+    stable_period: Duration = 600.0
+
+
+class WatchConfig(_Strict):
+    """How the watcher polls, runs health checks and reconnects."""
+
+    reconcile_interval: Duration = 30.0
+    healthcheck_interval: Duration = 30.0
+    run_healthchecks: Literal["auto", "always", "never"] = "auto"
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 30.0
+    flush_interval: Duration = 0.2
+
+
+class SoakConfig(_Strict):
+    """The zero-drift soak window."""
+
+    duration: Duration = 300.0
+
+
+class HookConfig(_Strict):
+    """A remediation hook: when a container enters one of `when`, do `action` or run `command`."""
+
+    name: str
+    when: list[str] = Field(min_length=1)
+    containers: list[str] = Field(default_factory=list)
+    action: Literal["start", "restart", "command"] = "start"
+    command: list[str] | None = None
+    cooldown: Duration = 60.0
+
+
+class RedactionConfig(_Strict):
+    """Regexes whose matches are replaced before anything reaches the store."""
+
+    patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"(?i)(rpcpassword\s*[=:]\s*)\S+",
+            r"(?i)(rpcauth\s*[=:]\s*)\S+",
+            r"(?i)(authorization:\s*(?:bearer|basic)?\s*)\S+",
+            r"(?i)(macaroon[\"'=:\s]+)[0-9a-f]{32,}",
+            r"(?i)(grpc-metadata-macaroon:\s*)\S+",
+            r"(?i)(password\s*[=:]\s*)\S+",
+        ]
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
+
+
+class TestbedConfig(_Strict):
+    """The miniature stack `podwarden testbed` builds."""
+
+    __test__ = False  # not a pytest test class
+
+    prefix: str = "tb-"
+    port_base: int = Field(default=18330, ge=1024, le=65000)
+    home: str = ".podwarden-testbed"
+    late_unhealthy_after: Duration = 90.0
+
+
+class GeneralConfig(_Strict):
+    """Top-level settings."""
+
+    default_target: str = "local"
+    db: str = "podwarden.db"
+    reports: str = "reports"
+
+
+class Config(_Strict):
+    """The whole validated config."""
+
+    podwarden: GeneralConfig = Field(default_factory=GeneralConfig)
+    targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    containers: dict[str, ContainerConfig] = Field(default_factory=dict)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    machine: MachineConfig = Field(default_factory=MachineConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    soak: SoakConfig = Field(default_factory=SoakConfig)
+    hooks: list[HookConfig] = Field(default_factory=list)
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig)
+    testbed: TestbedConfig = Field(default_factory=TestbedConfig)
+
+    path: str = ""
+
+    @field_validator("containers")
+    @classmethod
+    def _container_names(cls, value: dict[str, ContainerConfig]) -> dict[str, ContainerConfig]:
+        for name in value:
+            validate_container_name(name)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_entries(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for section in ("targets", "containers", "services"):
+            entries = data.get(section)
+            if isinstance(entries, dict):
+                data[section] = {
+                    key: ({**entry, "name": key} if isinstance(entry, dict) else entry)
+                    for key, entry in entries.items()
+                }
+        return data
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        for name, container in self.containers.items():
+            for dep in container.depends_on:
+                if dep not in self.containers:
+                    raise ValueError(
+                        f"containers.{name}.depends_on names {dep!r}, which is not a configured container"
+                    )
+        return self
+
+    def error_patterns(self, container: str) -> list[str]:
+        """The error regexes of a container (its own, else the defaults)."""
+        own = self.containers[container].log_errors if container in self.containers else None
+        if own is not None:
+            return own
+        return list(self.defaults.get("log_errors", DEFAULT_ERROR_PATTERNS))
+
+    def restart_policies(self, container: str) -> list[str]:
+        """The restart policies a container may have."""
+        own = self.containers[container].restart_policies if container in self.containers else None
+        if own is not None:
+            return own
+        return list(self.defaults.get("restart_policies", ["always", "unless-stopped"]))
+
+
+_DEFAULT_KEYS = {"log_errors", "restart_policies"}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        text = str(item)
+        # pydantic names union members by their tag; they are noise for a person.
+        if text in ("exec", "http", "tcp", "podman-healthcheck", "service", "logs") and parts and parts[-1].isdigit():
+            continue
+        if text.startswith("function-") or text.endswith("]"):
+            continue
+        parts.append(text)
+    return ".".join(parts)
+
+
+def _explain(error: dict[str, Any], model: type[BaseModel] | None = None) -> tuple[str, str]:
+    key = _loc(tuple(error.get("loc", ())))
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return key, "unknown key: remove it or check its spelling (see the README's configuration reference)"
+    if kind == "missing":
+        return key, "missing required field: add it"
+    if kind == "union_tag_invalid":
+        tag = error.get("ctx", {}).get("tag")
+        return key, f"unknown probe type {tag!r}: use exec, http, tcp, podman-healthcheck, service or logs"
+    if kind == "union_tag_not_found":
+        return key, "probe without `type`: add type = exec, http, tcp, podman-healthcheck, service or logs"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], (dict, list)):
+        message += f" (got {error['input']!r})"
+    return key, message
+
+
+def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
+    """Validate an already parsed config; raises ConfigError."""
+    defaults = data.get("defaults", {})
+    if isinstance(defaults, dict):
+        for key in defaults:
+            if key not in _DEFAULT_KEYS:
+                raise ConfigError(path, f"defaults.{key}", f"unknown key: known keys are {', '.join(sorted(_DEFAULT_KEYS))}")
+    try:
+        config = Config.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        errors = exc.errors()
+        key, problem = _explain(errors[0])
+        if len(errors) > 1:
+            problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise ConfigError(path, key, problem) from None
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError naming file, key and fix."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found: pass --config PATH, or run from the project folder that holds config.toml") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8", errors="replace"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    return config_from_dict(data, str(path))
+
+
+_SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?/?$")
+
+
+def resolve_target(config: Config, spec: str | None, identity: str | None = None,
+                   known_hosts: str | None = None) -> TargetConfig:
+    """The target a command should talk to: a config name, `local`, or `ssh://user@host:port`.
+
+    Raises UsageError for an unknown name or a malformed URL.
+    """
+    spec = spec or config.podwarden.default_target
+    overrides: dict[str, Any] = {}
+    if identity:
+        overrides["identity"] = identity
+    if known_hosts:
+        overrides["known_hosts"] = known_hosts
+    if spec in config.targets:
+        target = config.targets[spec]
+    elif spec == "local":
+        target = TargetConfig(name="local", transport="local")
+    elif spec.startswith("ssh://"):
+        match = _SSH_URL.match(spec)
+        if match is None:
+            raise UsageError(f"invalid --target {spec!r}: use ssh://user@host:port")
+        port = int(match["port"] or 22)
+        if not 1 <= port <= 65535:
+            raise UsageError(f"invalid --target {spec!r}: port must be 1-65535")
+        target = TargetConfig(name=spec, transport="ssh", host=match["host"].strip("[]"),
+                              port=port, user=match["user"])
+    else:
+        known = ", ".join(sorted(config.targets)) or "none configured"
+        raise UsageError(f"unknown target {spec!r}: use a configured target ({known}), local, or ssh://user@host:port")
+    if overrides:
+        target = target.model_copy(update=overrides)
+    return target

@@ -1,0 +1,570 @@
+"""Run commands on a target and stream long-running commands' lines.
+
+One interface, two implementations: LocalTransport (asyncio subprocess) and
+SshTransport (asyncssh, one connection reused for every channel). Lines are decoded
+by us with errors='replace' (LIBRARIES.md: asyncssh's own decoding kills the whole
+connection on one bad byte) and over-long lines are cut, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+from urllib.parse import urlsplit
+
+import asyncssh
+
+from agent.config import TargetConfig
+from agent.errors import CommandFailed, CommandTimeout, TargetUnreachable, TransportError
+
+READ_CHUNK = 65536
+MAX_LINE = 1 << 20  # a longer line is cut here and marked; the rest of it is dropped
+STDERR_TAIL_LINES = 50
+
+# Kills the remote command when our channel's stdin closes: without a PTY, closing a
+# channel does not kill the remote process (LIBRARIES.md, asyncssh).
+_GUARD = (
+    "exec 3<&0; {cmd} </dev/null & c=$!; "
+    "{{ cat <&3 >/dev/null; kill $c; }} >/dev/null 2>&1 & w=$!; "
+    "wait $c; s=$?; kill $w 2>/dev/null; exit $s"
+)
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    """One shell command line with every argument quoted."""
+    return shlex.join(str(arg) for arg in argv)
+
+
+def guarded(argv: Sequence[str]) -> str:
+    """A remote command line that dies when the channel's stdin is closed."""
+    return "sh -c " + shlex.quote(_GUARD.format(cmd=quote_argv(argv)))
+
+
+class LineSplitter:
+    """Splits a byte stream into decoded lines; bounded memory for endless lines."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._buf = bytearray()
+        self._max = max_line
+        self._dropping = 0  # bytes dropped from the current over-long line
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Lines completed by `chunk` (without their newline)."""
+        lines: list[str] = []
+        self._buf += chunk
+        while True:
+            index = self._buf.find(b"\n")
+            if index < 0:
+                break
+            lines.append(self._emit(bytes(self._buf[:index])))
+            del self._buf[: index + 1]
+        if len(self._buf) > self._max:
+            if not self._dropping:
+                lines.append(self._decode(bytes(self._buf[: self._max])) + " [line cut at 1 MiB]")
+            self._dropping += len(self._buf) - (0 if self._dropping else self._max)
+            self._buf.clear()
+        return lines
+
+    def flush(self) -> list[str]:
+        """The unterminated last line, if any."""
+        if self._buf and not self._dropping:
+            line = self._decode(bytes(self._buf))
+            self._buf.clear()
+            return [line]
+        self._buf.clear()
+        self._dropping = 0
+        return []
+
+    def _emit(self, raw: bytes) -> str:
+        if self._dropping:
+            # the tail of an over-long line: its head was already emitted
+            self._dropping = 0
+            return ""
+        return self._decode(raw)
+
+    @staticmethod
+    def _decode(raw: bytes) -> str:
+        return raw.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished command left behind."""
+
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+@dataclass
+class LineStream:
+    """The lines of a running command; `exit_status` is set once it has ended."""
+
+    argv: tuple[str, ...]
+    _lines: AsyncIterator[str]
+    exit_status: int | None = None
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_tail)
+
+
+async def _drain_stderr(reader: object, tail: deque[str]) -> None:
+    splitter = LineSplitter()
+    while True:
+        chunk = await reader.read(READ_CHUNK)  # type: ignore[attr-defined]
+        if not chunk:
+            break
+        tail.extend(line for line in splitter.feed(chunk) if line)
+    tail.extend(line for line in splitter.flush() if line)
+
+
+class Transport(ABC):
+    """Runs commands on one target. Use as `async with make_transport(t) as tr:`."""
+
+    def __init__(self, target: TargetConfig) -> None:
+        self.target = target
+        self.name = target.name or target.describe()
+
+    @property
+    @abstractmethod
+    def is_local(self) -> bool: ...
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the link; raises TargetUnreachable."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the link and everything on it."""
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool: ...
+
+    @abstractmethod
+    async def wait_closed(self) -> None:
+        """Return when the link has dropped (never, for a local target)."""
+
+    @abstractmethod
+    async def run(self, argv: Sequence[str], *, timeout: float = 60.0, input: bytes | None = None,
+                  check: bool = False) -> RunResult:
+        """Run a command to completion.
+
+        Raises CommandTimeout past `timeout`, TransportError if it cannot run, and
+        CommandFailed on a non-zero exit when `check` is true.
+        """
+
+    @abstractmethod
+    def stream(self, argv: Sequence[str]) -> "asyncio.AbstractAsyncContextManager[LineStream]":
+        """Start a long-running command and iterate its stdout lines.
+
+        Leaving the context kills the command. Raises TransportError if it cannot start.
+        """
+
+    @abstractmethod
+    async def open_tcp(self, host: str, port: int) -> tuple[object, object]:
+        """A (reader, writer) byte stream to host:port as seen from the node; raises OSError."""
+
+    async def __aenter__(self) -> "Transport":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _check(self, result: RunResult, check: bool) -> RunResult:
+        if check and not result.ok:
+            raise CommandFailed(self.name, result.argv, result.exit_status, result.stderr)
+        return result
+
+
+class LocalTransport(Transport):
+    """Runs commands on this machine with asyncio subprocesses (no shell)."""
+
+    def __init__(self, target: TargetConfig) -> None:
+        super().__init__(target)
+        self._closed = asyncio.Event()
+
+    @property
+    def is_local(self) -> bool:
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed.is_set()
+
+    async def connect(self) -> None:
+        self._closed.clear()
+
+    async def close(self) -> None:
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def run(self, argv: Sequence[str], *, timeout: float = 60.0, input: bytes | None = None,
+                  check: bool = False) -> RunResult:
+        argv = tuple(str(a) for a in argv)
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise TransportError(self.name, argv, f"cannot start: {exc.strerror or exc}") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            _kill_group(proc)
+            await proc.wait()
+            raise CommandTimeout(self.name, argv, timeout) from None
+        except asyncio.CancelledError:
+            _kill_group(proc)
+            raise
+        result = RunResult(argv, proc.returncode if proc.returncode is not None else -1,
+                           out.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace"),
+                           time.monotonic() - started)
+        return self._check(result, check)
+
+    @asynccontextmanager
+    async def stream(self, argv: Sequence[str]) -> AsyncIterator[LineStream]:
+        argv = tuple(str(a) for a in argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            )
+        except OSError as exc:
+            raise TransportError(self.name, argv, f"cannot start: {exc.strerror or exc}") from None
+        tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        stderr_task = asyncio.create_task(_drain_stderr(proc.stderr, tail))
+
+        async def lines() -> AsyncIterator[str]:
+            splitter = LineSplitter()
+            assert proc.stdout is not None
+            while True:
+                chunk = await proc.stdout.read(READ_CHUNK)
+                if not chunk:
+                    break
+                for line in splitter.feed(chunk):
+                    yield line
+            for line in splitter.flush():
+                yield line
+            stream.exit_status = await proc.wait()
+            await stderr_task
+
+        stream = LineStream(argv, lines(), stderr_tail=tail)
+        try:
+            yield stream
+        finally:
+            if proc.returncode is None:
+                _kill_group(proc)
+                try:
+                    await asyncio.shield(proc.wait())
+                except ProcessLookupError:
+                    pass
+            stream.exit_status = proc.returncode
+            stderr_task.cancel()
+            await asyncio.gather(stderr_task, return_exceptions=True)
+            await stream._lines.aclose()  # type: ignore[attr-defined]
+
+    async def open_tcp(self, host: str, port: int) -> tuple[object, object]:
+        return await asyncio.open_connection(host, port)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+class SshTransport(Transport):
+    """Runs commands on a node over one asyncssh connection.
+
+    Host keys are checked against known_hosts unless the target opts out by name
+    (`insecure_skip_host_key_check = true`). Keepalives turn a frozen peer into a
+    lost connection within interval x count seconds. Concurrent channels are capped
+    below OpenSSH's MaxSessions 10, so callers queue instead of failing.
+    """
+
+    def __init__(self, target: TargetConfig) -> None:
+        super().__init__(target)
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._channels = asyncio.Semaphore(target.max_channels)
+        self._lost = asyncio.Event()
+
+    @property
+    def is_local(self) -> bool:
+        return False
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._lost.is_set() and not self._conn.is_closed()
+
+    def _known_hosts(self) -> str | None | tuple[()]:
+        if self.target.insecure_skip_host_key_check:
+            return None
+        if self.target.known_hosts:
+            return os.path.expanduser(self.target.known_hosts)
+        return os.path.expanduser("~/.ssh/known_hosts")
+
+    async def connect(self) -> None:
+        target = self.target
+        where = f"{target.host}:{target.port}"
+        known_hosts = self._known_hosts()
+        options: dict[str, object] = {
+            "port": target.port,
+            "known_hosts": known_hosts,
+            "keepalive_interval": target.keepalive_interval,
+            "keepalive_count_max": target.keepalive_count_max,
+            "config": None,
+        }
+        if target.user:
+            options["username"] = target.user
+        if target.identity:
+            identity = os.path.expanduser(target.identity)
+            if not Path(identity).is_file():
+                raise TargetUnreachable(self.name, f"identity file {identity} not found: pass --identity PATH")
+            options["client_keys"] = [identity]
+            options["agent_path"] = None
+        if isinstance(known_hosts, str) and not Path(known_hosts).is_file():
+            raise TargetUnreachable(
+                self.name,
+                f"known_hosts file {known_hosts} not found: create it with "
+                f"`ssh-keyscan -p {target.port} {target.host} >> {known_hosts}` after checking the key, "
+                "or pass --known-hosts PATH",
+            )
+        self._lost.clear()
+        try:
+            self._conn = await asyncio.wait_for(
+                asyncssh.connect(target.host, **options), timeout=target.connect_timeout
+            )
+        except (asyncio.TimeoutError, TimeoutError):
+            raise TargetUnreachable(self.name, f"no answer from {where} within {target.connect_timeout:g}s") from None
+        except asyncssh.HostKeyNotVerifiable:
+            raise TargetUnreachable(
+                self.name,
+                f"host key of {where} not verified against {known_hosts} (unknown or changed): "
+                f"check it, then `ssh-keyscan -p {target.port} {target.host} >> {known_hosts}`; "
+                "or set insecure_skip_host_key_check = true for this target",
+            ) from None
+        except asyncssh.PermissionDenied:
+            how = f"key {target.identity}" if target.identity else "ssh-agent / default keys"
+            raise TargetUnreachable(self.name, f"authentication failed for {target.user or 'user'}@{where} with {how}") from None
+        except asyncssh.KeyImportError as exc:
+            raise TargetUnreachable(self.name, f"cannot load identity {target.identity}: {exc}") from None
+        except asyncssh.DisconnectError as exc:
+            raise TargetUnreachable(self.name, f"{where} disconnected: {exc.reason or exc}") from None
+        except ConnectionRefusedError:
+            raise TargetUnreachable(self.name, f"connection refused on {where}: is sshd listening there?") from None
+        except OSError as exc:
+            raise TargetUnreachable(self.name, f"cannot connect to {where}: {exc.strerror or exc}") from None
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._lost.set()
+        if conn is not None:
+            conn.close()
+            try:
+                await asyncio.shield(asyncio.wait_for(conn.wait_closed(), 5))
+            except (asyncio.TimeoutError, TimeoutError, OSError):
+                pass
+
+    async def wait_closed(self) -> None:
+        if self._conn is None:
+            return
+        conn = self._conn
+        done = asyncio.ensure_future(conn.wait_closed())
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({done, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (done, lost):
+                task.cancel()
+            await asyncio.gather(done, lost, return_exceptions=True)
+        self._lost.set()
+
+    def _require(self, argv: Sequence[str]) -> asyncssh.SSHClientConnection:
+        if self._conn is None or self._lost.is_set() or self._conn.is_closed():
+            raise TransportError(self.name, tuple(argv), "not connected")
+        return self._conn
+
+    async def run(self, argv: Sequence[str], *, timeout: float = 60.0, input: bytes | None = None,
+                  check: bool = False) -> RunResult:
+        argv = tuple(str(a) for a in argv)
+        conn = self._require(argv)
+        command = quote_argv(argv) if input is not None else guarded(argv)
+        started = time.monotonic()
+        async with self._channels:
+            try:
+                proc = await conn.create_process(command, encoding=None)
+            except (asyncssh.Error, OSError) as exc:
+                raise TransportError(self.name, argv, f"cannot open channel: {exc}") from None
+            try:
+                async with asyncio.timeout(timeout):
+                    if input is not None:
+                        proc.stdin.write(input)
+                    proc.stdin.write_eof() if input is not None else None
+                    out_task = asyncio.ensure_future(proc.stdout.read())
+                    err_task = asyncio.ensure_future(proc.stderr.read())
+                    try:
+                        out, err = await asyncio.gather(out_task, err_task)
+                        await proc.wait_closed()
+                    finally:
+                        out_task.cancel()
+                        err_task.cancel()
+            except TimeoutError:
+                _close_guarded(proc)
+                raise CommandTimeout(self.name, argv, timeout) from None
+            except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+                _close_guarded(proc)
+                raise TransportError(self.name, argv, f"link failed: {exc}") from None
+            except asyncio.CancelledError:
+                _close_guarded(proc)
+                raise
+            status = proc.exit_status
+            if status is None:
+                status = 128 + 9 if proc.exit_signal else -1
+            _close_guarded(proc)
+        result = RunResult(argv, status, out.decode("utf-8", errors="replace"),
+                           err.decode("utf-8", errors="replace"), time.monotonic() - started)
+        return self._check(result, check)
+
+    @asynccontextmanager
+    async def stream(self, argv: Sequence[str]) -> AsyncIterator[LineStream]:
+        argv = tuple(str(a) for a in argv)
+        conn = self._require(argv)
+        async with self._channels:
+            try:
+                proc = await conn.create_process(guarded(argv), encoding=None)
+            except (asyncssh.Error, OSError) as exc:
+                raise TransportError(self.name, argv, f"cannot open channel: {exc}") from None
+            tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+            stderr_task = asyncio.create_task(_drain_stderr(proc.stderr, tail))
+
+            async def lines() -> AsyncIterator[str]:
+                splitter = LineSplitter()
+                while True:
+                    try:
+                        chunk = await proc.stdout.read(READ_CHUNK)
+                    except (asyncssh.Error, OSError) as exc:
+                        raise TransportError(self.name, argv, f"link failed: {exc}") from None
+                    if not chunk:
+                        break
+                    for line in splitter.feed(chunk):
+                        yield line
+                for line in splitter.flush():
+                    yield line
+                await proc.wait_closed()
+                stream.exit_status = proc.exit_status
+
+            stream = LineStream(argv, lines(), stderr_tail=tail)
+            try:
+                yield stream
+            finally:
+                _close_guarded(proc)
+                stderr_task.cancel()
+                await asyncio.gather(stderr_task, return_exceptions=True)
+                await stream._lines.aclose()  # type: ignore[attr-defined]
+
+    async def open_tcp(self, host: str, port: int) -> tuple[object, object]:
+        conn = self._require(("open_tcp", host, str(port)))
+        try:
+            return await conn.open_connection(host, port, encoding=None)
+        except asyncssh.ChannelOpenError as exc:
+            raise ConnectionRefusedError(f"{host}:{port} via {self.name}: {exc.reason}") from None
+
+
+def _close_guarded(proc: asyncssh.SSHClientProcess) -> None:
+    """Close stdin (the guard then kills the remote command) and the channel."""
+    try:
+        proc.stdin.write_eof()
+    except (asyncssh.Error, OSError, BrokenPipeError):
+        pass
+    proc.close()
+
+
+def make_transport(target: TargetConfig) -> Transport:
+    """The transport a target asks for (not yet connected)."""
+    if target.transport == "local":
+        return LocalTransport(target)
+    return SshTransport(target)
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A plain HTTP/1.0 response read through a transport."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+async def http_get(transport: Transport, url: str, *, timeout: float = 10.0,
+                   max_body: int = 1 << 20) -> HttpResponse:
+    """GET an http:// URL as seen from the node, through the transport's link.
+
+    Raises OSError (refused, reset), TimeoutError, or ValueError for a malformed reply.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    async with asyncio.timeout(timeout):
+        reader, writer = await transport.open_tcp(host, port)
+        try:
+            request = f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: podwarden\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())  # type: ignore[attr-defined]
+            raw = b""
+            while len(raw) <= max_body:
+                chunk = await reader.read(READ_CHUNK)  # type: ignore[attr-defined]
+                if not chunk:
+                    break
+                raw += chunk
+        finally:
+            writer.close()  # type: ignore[attr-defined]
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("iso-8859-1").split("\r\n")
+    status_line = lines[0].split(" ", 2) if lines and lines[0] else []
+    if len(status_line) < 2 or not status_line[0].startswith("HTTP/") or not status_line[1].isdigit():
+        raise ValueError(f"not an HTTP response from {url}: {raw[:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return HttpResponse(int(status_line[1]), status_line[2] if len(status_line) > 2 else "", headers, body[:max_body])

@@ -1,0 +1,167 @@
+"""Observation types: frozen values rendered when they happened, stored exactly as sent.
+
+Every observation has a target, a container name ("" for target-level records) and
+`at_ns`, nanoseconds since the epoch, taken from podman's own timestamp where there
+is one. Machines consume observations; the store keeps them; replay rebuilds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, Mapping
+
+
+class Kind(StrEnum):
+    """The kind of an observation, as stored in `observations.kind`."""
+
+    EVENT = "event"
+    LOG = "log"
+    SNAPSHOT = "snapshot"
+    PROBE = "probe"
+    ACTION = "action"
+    AGENT = "agent"
+
+
+_COMMON = ("target", "container", "at_ns")
+
+
+@dataclass(frozen=True, slots=True)
+class EventObs:
+    """One podman event of a container (create, start, died, health_status, ...)."""
+
+    kind: ClassVar[Kind] = Kind.EVENT
+    target: str
+    container: str
+    at_ns: int
+    container_id: str
+    status: str
+    exit_code: int | None = None
+    health_status: str | None = None
+    image: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogObs:
+    """One line a container printed; `is_error` says whether its error patterns matched."""
+
+    kind: ClassVar[Kind] = Kind.LOG
+    target: str
+    container: str
+    at_ns: int
+    line: str
+    stream: str = "stdout"
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotObs:
+    """The state of one container as `podman inspect` (or its absence) showed it."""
+
+    kind: ClassVar[Kind] = Kind.SNAPSHOT
+    target: str
+    container: str
+    at_ns: int
+    exists: bool
+    container_id: str = ""
+    status: str = ""  # podman's State.Status: created, running, exited, paused, stopped, ...
+    health: str | None = None  # podman's State.Health.Status, None without a health check
+    exit_code: int | None = None
+    pid: int = 0
+    restart_count: int = 0
+    started_at_ns: int = 0
+    finished_at_ns: int = 0
+    restart_policy: str = ""
+    memory: int = 0
+    image: str = ""
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeObs:
+    """The result of one check (exec, http, tcp, healthcheck, service, logs)."""
+
+    kind: ClassVar[Kind] = Kind.PROBE
+    target: str
+    container: str
+    at_ns: int
+    probe: str
+    probe_type: str
+    ok: bool
+    latency_ms: float = 0.0
+    excerpt: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionObs:
+    """Something podwarden did or would do (experiment step, remediation, hook)."""
+
+    kind: ClassVar[Kind] = Kind.ACTION
+    target: str
+    container: str
+    at_ns: int
+    action: str
+    detail: str = ""
+    dry_run: bool = False
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AgentObs:
+    """A lifecycle record of podwarden itself: connected, lost, reconnecting, backfilled."""
+
+    kind: ClassVar[Kind] = Kind.AGENT
+    target: str
+    container: str
+    at_ns: int
+    what: str
+    detail: str = ""
+
+
+Observation = EventObs | LogObs | SnapshotObs | ProbeObs | ActionObs | AgentObs
+
+_CLASSES: dict[Kind, type] = {
+    Kind.EVENT: EventObs,
+    Kind.LOG: LogObs,
+    Kind.SNAPSHOT: SnapshotObs,
+    Kind.PROBE: ProbeObs,
+    Kind.ACTION: ActionObs,
+    Kind.AGENT: AgentObs,
+}
+
+
+def obs_data(obs: Observation) -> dict[str, Any]:
+    """The kind-specific fields of an observation, as a JSON-ready dict."""
+    data: dict[str, Any] = {}
+    for field in dataclasses.fields(obs):
+        if field.name in _COMMON:
+            continue
+        value = getattr(obs, field.name)
+        if field.name == "attributes":
+            value = dict(value)
+        data[field.name] = value
+    return data
+
+
+def obs_to_json(obs: Observation) -> str:
+    """The kind-specific fields as compact JSON (what the store keeps in `data`)."""
+    return json.dumps(obs_data(obs), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def obs_from_record(kind: str, target: str, container: str, at_ns: int,
+                    data: Mapping[str, Any] | str) -> Observation:
+    """Rebuild an observation from its stored parts (inverse of `obs_data`).
+
+    Raises ValueError for an unknown kind and TypeError for fields that do not fit.
+    """
+    cls = _CLASSES[Kind(kind)]
+    fields = json.loads(data) if isinstance(data, str) else dict(data)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in fields.items() if k in known}
+    if "attributes" in kwargs:
+        kwargs["attributes"] = tuple(sorted((str(k), str(v)) for k, v in dict(kwargs["attributes"]).items()))
+    return cls(target=target, container=container, at_ns=int(at_ns), **kwargs)

@@ -1,0 +1,1 @@
+"""SQLite event store: the only room that knows SQL."""
