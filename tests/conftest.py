@@ -1,0 +1,52 @@
+"""Shared fixtures: a real sshd on loopback, targets that reach it, tool checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from agent.config import TargetConfig
+from tests.sshd import ROOTLESS_USER, SshServer, make_sshd, missing_tools
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_e2e() -> None:
+    """Skip (or, under CI=true, fail) when the end-to-end tools are missing, naming them."""
+    missing = missing_tools()
+    if missing:
+        message = "end-to-end test needs: " + "; ".join(missing)
+        if IN_CI:
+            pytest.fail(message + " (CI=true never skips)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def sshd() -> SshServer:
+    """A running sshd on 127.0.0.1 that lets root and the rootless user in with a test key."""
+    require_e2e()
+    server = make_sshd(["root", ROOTLESS_USER])
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def ssh_target(server: SshServer, user: str, **extra: object) -> TargetConfig:
+    """A TargetConfig reaching `server` as `user`, host key checked against its known_hosts."""
+    return TargetConfig(
+        name=f"{user}@sshd", transport="ssh", host="127.0.0.1", port=server.port, user=user,
+        identity=str(server.identity), known_hosts=str(server.known_hosts), **extra,
+    )
+
+
+@pytest.fixture
+def root_target(sshd: SshServer) -> TargetConfig:
+    return ssh_target(sshd, "root")
+
+
+@pytest.fixture
+def rootless_target(sshd: SshServer) -> TargetConfig:
+    return ssh_target(sshd, ROOTLESS_USER)
