@@ -1,0 +1,343 @@
+"""The command line: thin verbs over the rooms. Errors become messages and exit codes only here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from agent.config import Config, TargetConfig, config_from_dict, load_config, resolve_target
+from agent.errors import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, PodwardenError
+from agent.log import setup_logging
+from agent.transport import Transport, make_transport
+
+DEFAULT_CONFIG = "config.toml"
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class Options:
+    """The options every verb shares."""
+
+    config: str | None
+    db: str | None
+    target: str | None
+    identity: str | None
+    known_hosts: str | None
+    json: bool
+    dry_run: bool
+    verbose: int
+
+    def load_config(self) -> Config:
+        """The config named by --config, else ./config.toml, else built-in defaults."""
+        if self.config is None and not Path(DEFAULT_CONFIG).exists():
+            return config_from_dict({}, "<defaults>")
+        return load_config(self.config or DEFAULT_CONFIG)
+
+    def target_for(self, config: Config) -> TargetConfig:
+        return resolve_target(config, self.target, self.identity, self.known_hosts)
+
+    def db_path(self, config: Config) -> str:
+        return self.db or config.podwarden.db
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Declare the shared options once and hand them to the verb as `opts`."""
+
+    @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+                  help="Config file (default ./config.toml).")
+    @click.option("--db", type=click.Path(dir_okay=False), default=None,
+                  help="SQLite store file (default from config: podwarden.db).")
+    @click.option("--target", default=None, metavar="NAME|local|ssh://user@host:port",
+                  help="Which node to talk to (default: the config's default_target).")
+    @click.option("--identity", type=click.Path(dir_okay=False), default=None,
+                  help="SSH private key file for the target.")
+    @click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False), default=None,
+                  help="known_hosts file to verify the target's host key (default ~/.ssh/known_hosts).")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+    @click.option("--dry-run", is_flag=True, help="Hooks and experiments print what they would do.")
+    @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, config: str | None, db: str | None, target: str | None,
+                identity: str | None, known_hosts: str | None, as_json: bool, dry_run: bool,
+                verbose: int, **kwargs: Any) -> Any:
+        setup_logging(verbose)
+        opts = Options(config, db, target, identity, known_hosts, as_json, dry_run, verbose)
+        return func(*args, opts=opts, **kwargs)
+
+    return wrapper
+
+
+def run_async(coro: Awaitable[int]) -> int:
+    """Run a verb's coroutine; Ctrl-C cancels it cleanly."""
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def progress(message: str) -> None:
+    """Progress of long work, on stderr so --json output stays clean."""
+    err.print(f"[dim]…[/dim] {message}")
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="podwarden")
+def cli() -> None:
+    """podwarden watches a Podman node overnight, proves its resilience and reports in the morning.
+
+    \b
+    Start with:
+      podwarden testbed up        # a miniature stack on local podman
+      podwarden status            # every expected and present container
+      podwarden demo              # testbed up, then the whole plan against it
+    """
+
+
+# ---------------------------------------------------------------- status
+
+def _memory(value: int) -> str:
+    if not value:
+        return "none"
+    for unit, size in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if value >= size:
+            return f"{value / size:g}{unit}"
+    return str(value)
+
+
+@cli.command()
+@common_options
+def status(opts: Options) -> int:
+    """One table of every expected and present container, and the host services.
+
+    \b
+    Example:
+      podwarden status
+      podwarden status --target ssh://bitcoin@127.0.0.1:2222 --identity ~/.ssh/id_ed25519 --json
+    Exit 0, or 3 when the target is unreachable.
+    """
+    from agent.status import gather_status
+
+    config = opts.load_config()
+    target = opts.target_for(config)
+
+    async def go() -> int:
+        async with make_transport(target) as transport:
+            node = await gather_status(transport, config, target.podman)
+        if opts.json:
+            print_json(node.to_json())
+            return EXIT_OK
+        table = Table(title=f"{node.target}  podman {node.podman_version or '?'}"
+                            f"{'  rootless' if node.rootless else ''}")
+        for column in ("container", "role", "state", "health", "restarts", "policy", "memory", "image", "ports"):
+            table.add_column(column)
+        for c in node.containers:
+            style = "red" if c.state in ("missing", "exited") or c.health == "unhealthy" else ""
+            table.add_row(c.name + ("" if c.expected else " [dim](unexpected)[/dim]"), c.role,
+                          c.state, c.health or "-", str(c.restarts), c.restart_policy or "-",
+                          _memory(c.memory), c.image or "-", ", ".join(c.ports) or "-", style=style)
+        out.print(table)
+        if node.services:
+            services = Table(title="host services")
+            for column in ("service", "active", "health", "detail"):
+                services.add_column(column)
+            for s in node.services:
+                active = "-" if s.active is None else ("yes" if s.active else "no")
+                services.add_row(s.name, active, s.health, s.detail,
+                                 style="" if s.active is not False and s.health in ("ok", "n/a") else "red")
+            out.print(services)
+        for problem in node.problems:
+            err.print(f"[yellow]warning:[/yellow] {problem}")
+        return EXIT_OK
+
+    return run_async(go())
+
+
+# ---------------------------------------------------------------- testbed
+
+@cli.group()
+def testbed() -> None:
+    """The miniature seed stack (node, lightning, indexer, three UIs, a host backend) on podman."""
+
+
+def _testbed_call(opts: Options, action: Callable[[Transport, Config], Awaitable[int]]) -> int:
+    config = opts.load_config()
+    target = opts.target_for(config)
+
+    async def go() -> int:
+        async with make_transport(target) as transport:
+            return await action(transport, config)
+
+    return run_async(go())
+
+
+def _print_testbed(state: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(state.to_json())
+        return
+    table = Table(title=f"testbed {state.prefix}  faults: {', '.join(state.faults) or 'none'}")
+    for column in ("container", "state", "health", "image"):
+        table.add_column(column)
+    for c in state.containers:
+        table.add_row(c.name, c.state, c.health or "-", c.image)
+    out.print(table)
+    out.print(f"backend: {'up' if state.backend_up else 'down'}"
+              f"{f' (pid {state.backend_pid})' if state.backend_pid else ''}")
+
+
+@testbed.command("up")
+@click.option("--fault", "faults", multiple=True, metavar="NAME",
+              help="Switch on a fault (repeatable); see `podwarden testbed faults`.")
+@common_options
+def testbed_up(opts: Options, faults: tuple[str, ...]) -> int:
+    """Build the busybox image and start the stack (idempotent: recreates it).
+
+    \b
+    Example:
+      podwarden testbed up
+      podwarden testbed up --fault indexer-lock-permission --fault restart-no
+    """
+    from agent import testbed as tb
+
+    async def action(transport: Transport, config: Config) -> int:
+        state = await tb.up(transport, config.testbed, faults, progress=progress)
+        _print_testbed(state, opts.json)
+        return EXIT_OK
+
+    return _testbed_call(opts, action)
+
+
+@testbed.command("down")
+@common_options
+def testbed_down(opts: Options) -> int:
+    """Remove the stack's containers, stop the backend and delete its files.
+
+    \b
+    Example:
+      podwarden testbed down
+    """
+    from agent import testbed as tb
+
+    async def action(transport: Transport, config: Config) -> int:
+        await tb.down(transport, config.testbed, progress=progress)
+        if opts.json:
+            print_json({"target": transport.name, "down": True})
+        return EXIT_OK
+
+    return _testbed_call(opts, action)
+
+
+@testbed.command("status")
+@common_options
+def testbed_status(opts: Options) -> int:
+    """Show the testbed's containers, backend and active faults.
+
+    \b
+    Example:
+      podwarden testbed status --json
+    """
+    from agent import testbed as tb
+
+    async def action(transport: Transport, config: Config) -> int:
+        _print_testbed(await tb.status(transport, config.testbed), opts.json)
+        return EXIT_OK
+
+    return _testbed_call(opts, action)
+
+
+@testbed.command("faults")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def testbed_faults(as_json: bool) -> int:
+    """List the fault switches `testbed up --fault NAME` accepts.
+
+    \b
+    Example:
+      podwarden testbed faults
+    """
+    from agent import testbed as tb
+
+    if as_json:
+        print_json({"faults": [{"name": n, "description": d} for n, d in tb.FAULTS.items()]})
+        return EXIT_OK
+    table = Table(title="testbed faults")
+    table.add_column("fault")
+    table.add_column("what it reproduces")
+    for name, description in tb.FAULTS.items():
+        table.add_row(name, description)
+    out.print(table)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- demo
+
+@cli.command()
+@click.option("--fault", "faults", multiple=True, metavar="NAME", help="Bring the testbed up with this fault.")
+@common_options
+def demo(opts: Options, faults: tuple[str, ...]) -> int:
+    """Bring the testbed up on the target and show its status.
+
+    \b
+    Example:
+      podwarden demo
+    """
+    from agent import testbed as tb
+    from agent.status import gather_status
+
+    config = opts.load_config()
+    target = opts.target_for(config)
+
+    async def go() -> int:
+        async with make_transport(target) as transport:
+            progress(f"testbed up on {transport.name}")
+            await tb.up(transport, config.testbed, faults, progress=progress)
+            node = await gather_status(transport, config, target.podman)
+        if opts.json:
+            print_json({"status": node.to_json()})
+        else:
+            for c in node.containers:
+                out.print(f"{c.name:<20} {c.state:<9} {c.health or '-':<10} restarts={c.restarts}")
+            for s in node.services:
+                out.print(f"{s.name:<20} health={s.health}")
+        return EXIT_OK
+
+    return run_async(go())
+
+
+# ---------------------------------------------------------------- entry point
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the CLI and map errors to exit codes (2 usage, 3 unreachable)."""
+    try:
+        result = cli.main(args=argv, prog_name="podwarden", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except PodwardenError as exc:
+        err.print(f"podwarden: error: {exc.message}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return result if isinstance(result, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
