@@ -1,0 +1,163 @@
+"""The store's schema as numbered migrations, recorded in `schema_migrations`.
+
+Migration N is `MIGRATIONS[N - 1]`; each is applied in its own transaction together with
+its row in `schema_migrations`, so a crash leaves the file at the previous version. Add a
+migration to change the schema; never edit one that has shipped.
+
+Tables and columns named in DESIGN.md are a contract read by outside checks with plain
+SQL: add columns and tables, never rename or drop. Times are integer nanoseconds since
+the epoch (`*_ns`); JSON columns hold compact JSON text.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema.
+    """
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        command     TEXT NOT NULL,
+        targets     TEXT NOT NULL DEFAULT '[]',   -- JSON list of target names
+        started_ns  INTEGER NOT NULL,
+        ended_ns    INTEGER,
+        verdict     TEXT,                         -- 'pass' / 'fail' / NULL while running
+        config      TEXT NOT NULL DEFAULT '{}',   -- JSON snapshot of the config, redacted
+        pid         INTEGER
+    );
+
+    CREATE TABLE observations (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER REFERENCES runs (id),
+        target        TEXT NOT NULL,
+        container     TEXT NOT NULL DEFAULT '',   -- the container's name; '' for the target
+        container_id  TEXT,                       -- events and snapshots
+        at_ns         INTEGER NOT NULL,           -- podman's own timestamp where it has one
+        kind          TEXT NOT NULL
+                      CHECK (kind IN ('event', 'log', 'snapshot', 'probe', 'action', 'agent')),
+        status        TEXT,                       -- event: podman's status; probe: ok/fail
+        data          TEXT NOT NULL DEFAULT '{}'  -- JSON: the kind-specific fields, redacted
+    );
+    -- A backfill after a reconnect replays events already stored: this makes it a no-op.
+    CREATE UNIQUE INDEX observations_event_key
+        ON observations (target, container_id, status, at_ns) WHERE kind = 'event';
+    CREATE INDEX observations_target_container_at ON observations (target, container, at_ns);
+    CREATE INDEX observations_kind_at ON observations (kind, at_ns);
+    CREATE INDEX observations_at ON observations (at_ns);
+
+    CREATE TABLE changes (
+        id              INTEGER PRIMARY KEY,
+        observation_id  INTEGER REFERENCES observations (id),
+        run_id          INTEGER REFERENCES runs (id),
+        target          TEXT NOT NULL,
+        container       TEXT NOT NULL,
+        at_ns           INTEGER NOT NULL,
+        from_state      TEXT NOT NULL,
+        to_state        TEXT NOT NULL,
+        cause           TEXT NOT NULL DEFAULT '',
+        contradiction   INTEGER NOT NULL DEFAULT 0,  -- 1: a snapshot overruled the machine
+        obs_kind        TEXT
+    );
+    CREATE INDEX changes_target_container_at ON changes (target, container, at_ns);
+    CREATE INDEX changes_at ON changes (at_ns);
+    CREATE INDEX changes_observation ON changes (observation_id);
+
+    CREATE TABLE findings (
+        id         INTEGER PRIMARY KEY,
+        run_id     INTEGER REFERENCES runs (id),
+        target     TEXT NOT NULL,
+        container  TEXT NOT NULL DEFAULT '',
+        rule       TEXT NOT NULL,
+        severity   TEXT NOT NULL,
+        message    TEXT NOT NULL,
+        cause      TEXT NOT NULL DEFAULT '',
+        fix        TEXT NOT NULL DEFAULT '',
+        evidence   TEXT NOT NULL DEFAULT '[]',    -- JSON, redacted
+        at_ns      INTEGER NOT NULL
+    );
+    CREATE INDEX findings_run ON findings (run_id);
+    CREATE INDEX findings_at ON findings (at_ns);
+
+    CREATE TABLE experiments (
+        id          INTEGER PRIMARY KEY,
+        run_id      INTEGER REFERENCES runs (id),
+        kind        TEXT NOT NULL,                -- restart / cascade / service
+        subject     TEXT NOT NULL,
+        started_ns  INTEGER NOT NULL,
+        ended_ns    INTEGER,
+        verdict     TEXT,
+        steps       TEXT NOT NULL DEFAULT '[]'    -- JSON list of step objects, redacted
+    );
+    CREATE INDEX experiments_run ON experiments (run_id);
+    """,
+)
+
+LATEST_VERSION = len(MIGRATIONS)
+
+_MIGRATIONS_TABLE = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version     INTEGER PRIMARY KEY,
+        applied_at  TEXT NOT NULL                 -- ISO 8601, UTC
+    )
+"""
+
+
+def split_statements(script: str) -> list[str]:
+    """The complete SQL statements of `script`, in order (a `;` inside a string or a
+    trigger body does not split)."""
+    statements: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if _strip_comments(current).strip(" \t\r\n;"):
+                statements.append(current.strip())
+            current = ""
+    if _strip_comments(current).strip(" \t\r\n;"):
+        statements.append(current.rstrip(";").strip())
+    return statements
+
+
+def _strip_comments(sql: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The highest applied migration, 0 for a file without the migrations table."""
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if row is None:
+        return 0
+    (version,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply the migrations `conn`'s file lacks, one transaction each; returns their numbers.
+
+    `conn` must be in autocommit mode (isolation_level=None). Raises sqlite3.Error; a
+    version newer than this code knows is left to the caller to refuse.
+    """
+    applied: list[int] = []
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_MIGRATIONS_TABLE)
+            version = schema_version(conn)  # read inside the write lock
+            if version >= LATEST_VERSION:
+                conn.execute("COMMIT")
+                return applied
+            for statement in split_statements(MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (version + 1, datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(version + 1)

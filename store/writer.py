@@ -1,0 +1,754 @@
+"""The store's single writer: one task owns the write connection and commits in batches.
+
+Callers queue rows without blocking (`add`, `add_change`, ...) and get the row's id at
+once: the writer assigns ids itself, from max(id) + 1 at open, so it must be the only
+writer of its file (an exclusive lock on `<db>-writer.lock` makes sure of that).
+The writer task commits what is queued when `batch_size` rows are waiting, every
+`flush_interval` seconds, on `flush()` and on `close()`, with one `executemany` per
+table in one transaction.
+
+Cancellation: each transaction runs in its own task that the writer only awaits through
+`asyncio.shield`, because a cancelled aiosqlite `executemany` still inserts its rows into
+the open transaction (LIBRARIES.md); should that task itself be cancelled (event loop
+shutdown), it rolls back and puts its rows back in the queue for `close()`. `close()`
+finishes even when the caller is cancelled: an unclosed aiosqlite connection hangs
+interpreter exit.
+
+Backpressure: `add()` never blocks and never drops, so it is for producers whose output
+is bounded (snapshots, probes, changes, agent records). A producer that can outrun the
+disk (an event or log stream) uses `await add_wait(...)`, which waits for a commit
+whenever `max_pending` rows are queued: memory stays bounded by about twice that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import fcntl
+import json
+import math
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _quote  # C; what json.dumps uses for ensure_ascii=False
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import aiosqlite
+import anyio
+
+from machines.observations import Observation
+from store import schema
+from store.errors import (
+    NotAStore,
+    StoreClosed,
+    StoreError,
+    StoreLocked,
+    StoreVersionError,
+    StoreWriteFailed,
+)
+from store.redact import Redactor
+
+_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",  # WAL + NORMAL: a power cut loses the last commits, never the file
+    "PRAGMA journal_size_limit = 67108864",  # truncate the WAL back to 64 MiB after a reset
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA busy_timeout = 5000",
+)
+_BUSY_TIMEOUT_MS = 5000
+_CHECKPOINT_BUSY_MS = 100  # a periodic checkpoint gives up quickly rather than stall writes
+
+_INSERT_RUN = ("INSERT INTO runs (id, command, targets, started_ns, ended_ns, verdict, config, pid) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+# Only the event key may conflict quietly (a backfilled duplicate); an id clash still raises.
+_INSERT_OBS = ("INSERT INTO observations "
+               "(id, run_id, target, container, container_id, at_ns, kind, status, data) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+               "ON CONFLICT (target, container_id, status, at_ns) WHERE kind = 'event' DO NOTHING")
+_INSERT_CHANGE = ("INSERT INTO changes (id, observation_id, run_id, target, container, at_ns, "
+                  "from_state, to_state, cause, contradiction, obs_kind) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_FINDING = ("INSERT INTO findings (id, run_id, target, container, rule, severity, message, "
+                   "cause, fix, evidence, at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_EXPERIMENT = ("INSERT INTO experiments (id, run_id, kind, subject, started_ns, ended_ns, "
+                      "verdict, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+# Row positions in an observation row (see observation_row).
+_ID, _TARGET, _CONTAINER_ID, _AT_NS, _STATUS = 0, 2, 4, 5, 7
+
+_EVENT_INDEX_SIZE = 20_000  # recent event keys (~6 MB): a repeat gets the stored id at once
+_REDIRECT_SIZE = 10_000
+_I64 = 2**63
+
+_encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), sort_keys=True,
+                                 allow_nan=False, default=str).encode
+_encode_free = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                                allow_nan=False, default=str).encode
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities replaced by None (they are not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _utf8_safe(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON text that SQLite's json functions accept and UTF-8 can encode:
+    NaN and infinities become null, lone surrogates are escaped, other objects str()."""
+    try:
+        text = _encode_free(value)
+    except ValueError:
+        text = _encode_free(_finite(value))
+    if not _utf8_safe(text):
+        text = _encode_ascii(_finite(value))
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How one observation class is stored: its kind and its kind-specific fields, in
+    sorted name order (as `obs_to_json` writes them), with their `"name":` prefixes."""
+
+    kind: str
+    names: tuple[str, ...]
+    prefixes: tuple[str, ...]
+    redacted: tuple[bool, ...]
+    values: Callable[[Any], tuple]
+
+
+_SHAPES: dict[type, _Shape] = {}
+# Fields that hold podman's or podwarden's vocabulary (ids, states, stream names), never
+# free text: not redacted, so that e.g. a bare 64-hex macaroon pattern cannot erase
+# container ids. Everything else (log lines, excerpts, details, labels, images) is.
+_IDENTIFIER_FIELDS = frozenset({"container_id", "status", "health_status", "health", "stream",
+                                "probe_type", "restart_policy"})
+
+
+def _shape(cls: type) -> _Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        names = tuple(sorted(f.name for f in dataclasses.fields(cls)
+                             if f.name not in ("target", "container", "at_ns")))
+        getter = attrgetter(*names)
+        values = getter if len(names) > 1 else (lambda obs, g=getter: (g(obs),))
+        prefixes = tuple(_quote(name) + ":" for name in names)
+        redacted = tuple(name not in _IDENTIFIER_FIELDS for name in names)
+        shape = _SHAPES[cls] = _Shape(str(cls.kind), names, prefixes, redacted, values)
+    return shape
+
+
+def _fast_data_json(shape: _Shape, obs: Any, redact: Callable[[str], str] | None) -> str | None:
+    """The data JSON, byte for byte what `obs_to_json` writes for the same (redacted)
+    values, built by hand: json.dumps costs ~4 us per call here and this ~1 us. None
+    for a value it does not handle (the caller falls back to json)."""
+    parts = []
+    for prefix, redacted, value in zip(shape.prefixes, shape.redacted, shape.values(obs)):
+        kind = type(value)
+        if kind is str:
+            parts.append(prefix + _quote(redact(value) if redact is not None and redacted else value))
+        elif kind is bool:
+            parts.append(prefix + ("true" if value else "false"))
+        elif kind is int:
+            parts.append(prefix + int.__repr__(value))
+        elif value is None:
+            parts.append(prefix + "null")
+        elif kind is float and math.isfinite(value):
+            parts.append(prefix + float.__repr__(value))
+        elif kind is tuple:  # EventObs.attributes: pairs, stored as an object
+            pairs: dict[str, str] = {}
+            for key, item in dict(value).items():
+                if type(key) is not str or type(item) is not str:
+                    return None
+                if redact is not None:
+                    key, item = redact(key), redact(item)
+                    if key in pairs:
+                        return None  # redaction made two keys equal: let json decide
+                pairs[key] = item
+            parts.append(prefix + "{" + ",".join(
+                _quote(key) + ":" + _quote(pairs[key]) for key in sorted(pairs)) + "}")
+        else:
+            return None
+    return "{" + ",".join(parts) + "}"
+
+
+def observation_row(obs: Observation, obs_id: int, run_id: int | None,
+                    redactor: Redactor) -> tuple:
+    """The `observations` row for `obs`: its kind-specific fields as redacted JSON."""
+    shape = _shape(type(obs))
+    redact = redactor.text if redactor.patterns else None
+    text = _fast_data_json(shape, obs, redact)
+    if text is None or not _utf8_safe(text):
+        data = {name: dict(value) if name == "attributes" else value
+                for name, value in zip(shape.names, shape.values(obs))}
+        text = to_json({name: redactor.value(value) if redacted else value
+                        for (name, value), redacted in zip(data.items(), shape.redacted)})
+    kind = shape.kind
+    container_id = status = None
+    if kind == "event":
+        container_id, status = obs.container_id, obs.status
+    elif kind == "probe":
+        status = "ok" if obs.ok else "fail"
+    elif kind == "snapshot":
+        container_id = obs.container_id or None
+    return (obs_id, run_id, obs.target, obs.container, container_id, obs.at_ns, kind, status, text)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Rows taken from the queue for one transaction; `seq` is the last queued row in it."""
+
+    runs: list[tuple] = field(default_factory=list)
+    observations: list[tuple] = field(default_factory=list)
+    changes: list[tuple] = field(default_factory=list)
+    findings: list[tuple] = field(default_factory=list)
+    experiments: list[tuple] = field(default_factory=list)
+    updates: list[tuple[str, tuple]] = field(default_factory=list)
+    seq: int = 0
+
+    def __len__(self) -> int:
+        return (len(self.runs) + len(self.observations) + len(self.changes) + len(self.findings)
+                + len(self.experiments) + len(self.updates))
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` with mode 0600 before SQLite opens it (SQLite would use 0644)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+
+
+def _prepare(path: Path) -> dict[str, int]:
+    """Create and migrate the file; return each table's highest id. Runs in a thread."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise NotAStore(str(path), f"cannot open: {exc}") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        version = schema.schema_version(conn)
+        if version > schema.LATEST_VERSION:
+            raise StoreVersionError(str(path), version, schema.LATEST_VERSION)
+        schema.migrate(conn)
+        return {table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+                for table in ("runs", "observations", "changes", "findings", "experiments")}
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise NotAStore(str(path), "not an SQLite file: check --db") from None
+        raise StoreError(str(path), f"cannot prepare: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _lock(path: Path) -> int:
+    """Take the one-writer-per-file lock; raises StoreLocked naming the holder's pid."""
+    lock_path = Path(f"{path}-writer.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreLocked(str(path), holder) from None
+        raise StoreError(str(path), f"cannot lock {lock_path}: {exc}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+class StoreWriter:
+    """The one writer of a store file. Open with `await StoreWriter.open(path, patterns)`
+    (or `async with StoreWriter.open(...) as writer`) and always close it."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection, lock_fd: int, redactor: Redactor,
+                 max_ids: Mapping[str, int], *, batch_size: int, flush_interval: float,
+                 max_pending: int, checkpoint_every: int) -> None:
+        """Use `StoreWriter.open`."""
+        self.path = path
+        self.redactor = redactor
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_pending = max_pending
+        self._checkpoint_every = checkpoint_every
+        self._next_run_id = max_ids["runs"] + 1
+        self._next_obs_id = max_ids["observations"] + 1
+        self._next_change_id = max_ids["changes"] + 1
+        self._next_finding_id = max_ids["findings"] + 1
+        self._next_experiment_id = max_ids["experiments"] + 1
+        self._queue = _Batch()
+        self._pending = 0
+        self._queued_seq = 0
+        self._committed_seq = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._conn_lock = asyncio.Lock()
+        self._event_ids: dict[tuple, int] = {}
+        self._redirects: dict[int, int] = {}
+        self._failure: BaseException | None = None
+        self._stopping = False
+        self._commits = 0
+        self._inflight: asyncio.Future[None] | None = None
+        self._shutdown: asyncio.Future[None] | None = None
+        self._task = asyncio.create_task(self._run(), name=f"store-writer {path}")
+
+    # -- opening and closing ----------------------------------------------------------
+
+    @staticmethod
+    def open(path: str | os.PathLike[str], redact_patterns: Iterable[str] = (), *,
+             batch_size: int = 1000, flush_interval: float = 0.2, max_pending: int = 50_000,
+             checkpoint_every: int = 500) -> "_Opening":
+        """Open (creating 0600 and migrating) the store at `path` for writing.
+
+        Await it, or use it as `async with`. Raises StoreLocked when another process
+        writes the file, StoreVersionError for a newer schema, NotAStore, StoreError.
+        """
+        return _Opening(Path(path), tuple(redact_patterns), dict(
+            batch_size=batch_size, flush_interval=flush_interval, max_pending=max_pending,
+            checkpoint_every=checkpoint_every))
+
+    @classmethod
+    async def _open(cls, path: Path, patterns: tuple[str, ...], options: dict[str, Any]) -> StoreWriter:
+        redactor = Redactor(patterns)
+        if not path.parent.is_dir():
+            raise StoreError(str(path), f"directory {path.parent} does not exist")
+        lock_fd = _lock(path)
+        conn: aiosqlite.Connection | None = None
+        try:
+            _create_private(path)
+            preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path))
+            try:
+                max_ids = await asyncio.shield(preparing)
+            except asyncio.CancelledError:
+                await asyncio.wait([preparing])  # keep the lock until the migration is done
+                raise
+            conn = await aiosqlite.connect(path, isolation_level=None)
+            for pragma in _PRAGMAS:
+                await conn.execute(pragma)
+            _match_mode(path)
+            return cls(path, conn, lock_fd, redactor, max_ids, **options)
+        except BaseException:
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+            os.close(lock_fd)
+            raise
+
+    async def __aenter__(self) -> StoreWriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Commit everything queued, checkpoint the WAL and close the connection.
+
+        Completes even if the caller is cancelled (then re-raises the cancellation).
+        Raises StoreWriteFailed if a batch could not be committed.
+        """
+        if self._shutdown is None:
+            self._stopping = True
+            self._wake.set()
+            self._shutdown = asyncio.ensure_future(self._close())
+        cancelled = False
+        with anyio.CancelScope(shield=True):
+            while not self._shutdown.done():
+                try:
+                    await asyncio.shield(self._shutdown)
+                except asyncio.CancelledError:
+                    cancelled = True  # keep waiting: the connection must be closed
+        if cancelled:
+            raise asyncio.CancelledError
+        self._shutdown.result()
+
+    async def _close(self) -> None:
+        try:
+            await asyncio.wait([self._task])
+            if self._inflight is not None and not self._inflight.done():
+                await asyncio.wait([self._inflight])
+            if self._failure is None and self._pending:
+                # The writer task was cancelled from outside; commit what it left.
+                try:
+                    await self._commit()
+                except Exception as exc:
+                    self._fail(exc)
+            try:
+                await self._checkpoint()
+            except sqlite3.Error:
+                pass  # not fatal: SQLite checkpoints again when the last connection closes
+        finally:
+            try:
+                await self._conn.close()
+            finally:
+                os.close(self._lock_fd)
+                self._fail(self._failure or StoreClosed(str(self.path)))
+        if self._failure is not None:
+            raise StoreWriteFailed(str(self.path), self._failure)
+
+    # -- queueing -----------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Rows queued and not yet taken by a transaction."""
+        return self._pending
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise StoreWriteFailed(str(self.path), self._failure)
+        if self._stopping:
+            raise StoreClosed(str(self.path))
+
+    def _queued(self, rows: int = 1) -> None:
+        self._pending += rows
+        self._queued_seq += rows
+        if self._pending >= self._batch_size:
+            self._wake.set()
+
+    def add(self, obs: Observation, run_id: int | None = None) -> int:
+        """Queue an observation; return the id it is stored under.
+
+        An event already stored (same target, container id, status and at_ns) is not
+        stored again: its existing id is returned when this writer knows it, and otherwise
+        (an event from an earlier session) references to the new id are redirected to the
+        stored row at commit. Never blocks; raises StoreClosed / StoreWriteFailed.
+        """
+        self._check_open()
+        if not -_I64 <= obs.at_ns < _I64:
+            raise ValueError(f"at_ns out of range: {obs.at_ns}")
+        key = None
+        if obs.kind == "event":
+            key = (obs.target, obs.container_id, obs.status, obs.at_ns)
+            known = self._event_ids.get(key)
+            if known is not None:
+                return known
+        obs_id = self._next_obs_id
+        self._next_obs_id += 1
+        self._queue.observations.append(observation_row(obs, obs_id, run_id, self.redactor))
+        if key is not None:
+            self._remember_event(key, obs_id)
+        self._queued()
+        return obs_id
+
+    async def add_wait(self, obs: Observation, run_id: int | None = None) -> int:
+        """`add`, first waiting for a commit while `max_pending` rows are queued."""
+        if self._pending >= self._max_pending:
+            await self.flush()
+        return self.add(obs, run_id)
+
+    def add_change(self, change: Any, observation_id: int | None, run_id: int | None = None) -> int:
+        """Queue a state change (anything with StateChange's attributes); return its id."""
+        self._check_open()
+        change_id = self._next_change_id
+        self._next_change_id += 1
+        self._queue.changes.append((
+            change_id, observation_id, run_id, change.target, change.container, change.at_ns,
+            str(change.from_state), str(change.to_state), self.redactor.text(str(change.cause or "")),
+            1 if change.contradiction else 0, _text_or_none(getattr(change, "obs_kind", None)),
+        ))
+        self._queued()
+        return change_id
+
+    def add_finding(self, run_id: int | None, *, target: str, container: str, rule: str,
+                    severity: str, message: str, cause: str = "", fix: str = "",
+                    evidence: Any = (), at_ns: int) -> int:
+        """Queue a finding (message, cause, fix and evidence redacted); return its id."""
+        self._check_open()
+        finding_id = self._next_finding_id
+        self._next_finding_id += 1
+        redact = self.redactor.text
+        self._queue.findings.append((
+            finding_id, run_id, target, container, str(rule), str(severity), redact(message),
+            redact(cause or ""), redact(fix or ""), to_json(self.redactor.value(evidence)), at_ns,
+        ))
+        self._queued()
+        return finding_id
+
+    def add_experiment(self, run_id: int | None, *, kind: str, subject: str, started_ns: int,
+                       steps: Any = (), verdict: str | None = None,
+                       ended_ns: int | None = None) -> int:
+        """Queue an experiment (steps redacted); return its id for `update_experiment`."""
+        self._check_open()
+        experiment_id = self._next_experiment_id
+        self._next_experiment_id += 1
+        self._queue.experiments.append((
+            experiment_id, run_id, kind, subject, started_ns, ended_ns, verdict,
+            to_json(self.redactor.value(steps)),
+        ))
+        self._queued()
+        return experiment_id
+
+    def update_experiment(self, experiment_id: int, *, steps: Any = None, verdict: str | None = None,
+                          ended_ns: int | None = None) -> None:
+        """Queue new values for an experiment's steps, verdict and end (None: unchanged)."""
+        self._check_open()
+        sets: dict[str, Any] = {}
+        if steps is not None:
+            sets["steps"] = to_json(self.redactor.value(steps))
+        if verdict is not None:
+            sets["verdict"] = verdict
+        if ended_ns is not None:
+            sets["ended_ns"] = ended_ns
+        if not sets:
+            return
+        assignments = ", ".join(f"{column} = ?" for column in sets)
+        self._queue.updates.append((f"UPDATE experiments SET {assignments} WHERE id = ?",
+                                    (*sets.values(), experiment_id)))
+        self._queued()
+
+    async def start_run(self, command: str, targets: Iterable[str], config: Mapping[str, Any],
+                        *, started_ns: int | None = None) -> int:
+        """Record the start of a run (config snapshot redacted) and return its id, committed."""
+        self._check_open()
+        run_id = self._next_run_id
+        self._next_run_id += 1
+        self._queue.runs.append((
+            run_id, command, to_json(list(targets)),
+            time.time_ns() if started_ns is None else started_ns, None, None,
+            to_json(self.redactor.value(dict(config))), os.getpid(),
+        ))
+        self._queued()
+        await self.flush()
+        return run_id
+
+    async def end_run(self, run_id: int, verdict: str | None, *, ended_ns: int | None = None) -> None:
+        """Record the end and verdict of a run, committed."""
+        self._check_open()
+        self._queue.updates.append(("UPDATE runs SET ended_ns = ?, verdict = ? WHERE id = ?", (
+            time.time_ns() if ended_ns is None else ended_ns, verdict, run_id)))
+        self._queued()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed. Raises StoreWriteFailed."""
+        if self._failure is not None:
+            raise StoreWriteFailed(str(self.path), self._failure)
+        target = self._queued_seq
+        if self._committed_seq >= target:
+            return
+        if self._task.done() and self._shutdown is None:
+            raise StoreError(str(self.path), "the writer task is not running (it was cancelled)")
+        if self._shutdown is not None and self._shutdown.done():
+            raise StoreClosed(str(self.path))
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        self._wake.set()
+        await waiter
+
+    # -- backfill helpers ------------------------------------------------------------------
+
+    async def last_event_ns(self, target: str) -> int | None:
+        """The newest stored event time of `target` (queued ones included), None without any."""
+        await self.flush()
+        async with self._conn_lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT at_ns FROM observations INDEXED BY observations_kind_at "
+                "WHERE kind = 'event' AND target = ? ORDER BY at_ns DESC LIMIT 1", (target,))
+        return rows[0][0] if rows else None
+
+    async def event_keys_since(self, target: str, since_ns: int) -> set[tuple[str, str, int]]:
+        """The (container_id, status, at_ns) of `target`'s events at or after `since_ns`."""
+        await self.flush()
+        async with self._conn_lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT container_id, status, at_ns FROM observations INDEXED BY observations_kind_at "
+                "WHERE kind = 'event' AND at_ns >= ? AND target = ?", (since_ns, target))
+        return {(cid, status, at_ns) for cid, status, at_ns in rows}
+
+    # -- the writer task -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Commit the queue in batches until closed; a failed commit stops the writer."""
+        try:
+            while True:
+                if not (self._pending >= self._batch_size or self._waiters or self._stopping):
+                    try:
+                        async with asyncio.timeout(self._flush_interval):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+                self._wake.clear()
+                if self._pending:
+                    await self._commit()
+                elif self._stopping:
+                    return
+                else:
+                    self._release_waiters()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    async def _commit(self) -> None:
+        batch = self._take()
+        self._inflight = asyncio.ensure_future(self._write(batch))
+        await asyncio.shield(self._inflight)
+        self._commits += 1
+        if self._checkpoint_every and self._commits % self._checkpoint_every == 0:
+            await self._checkpoint()
+
+    async def _write(self, batch: _Batch) -> None:
+        """Commit one batch in one transaction; on any failure roll back and requeue it."""
+        async with self._conn_lock:
+            conn = self._conn
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                if batch.runs:
+                    await conn.executemany(_INSERT_RUN, batch.runs)
+                if batch.observations:
+                    before = conn.total_changes
+                    await conn.executemany(_INSERT_OBS, batch.observations)
+                    if conn.total_changes - before < len(batch.observations):
+                        await self._redirect_duplicates(batch.observations)
+                if batch.changes:
+                    changes = batch.changes
+                    if self._redirects:
+                        changes = [self._redirected(row) for row in changes]
+                    await conn.executemany(_INSERT_CHANGE, changes)
+                if batch.findings:
+                    await conn.executemany(_INSERT_FINDING, batch.findings)
+                if batch.experiments:
+                    await conn.executemany(_INSERT_EXPERIMENT, batch.experiments)
+                for sql, params in batch.updates:
+                    await conn.execute(sql, params)
+                await conn.execute("COMMIT")
+            except BaseException:
+                # After a cancelled executemany its rows are in the transaction anyway:
+                # the rollback (queued behind it on the connection's thread) drops them.
+                self._requeue(batch)
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await conn.rollback()
+                    except sqlite3.Error:
+                        pass
+                raise
+        # Here, not in _commit: this task completes even when the writer task is cancelled.
+        self._committed_seq = max(self._committed_seq, batch.seq)
+        self._release_waiters()
+
+    async def _redirect_duplicates(self, rows: list[tuple]) -> None:
+        """Map the ids of events the unique key refused to the rows already stored."""
+        stored = {r[0] for r in await self._conn.execute_fetchall(
+            "SELECT id FROM observations WHERE id BETWEEN ? AND ?", (rows[0][_ID], rows[-1][_ID]))}
+        for row in rows:
+            if row[_ID] in stored:
+                continue
+            found = await self._conn.execute_fetchall(
+                "SELECT id FROM observations WHERE kind = 'event' AND target = ? "
+                "AND container_id = ? AND status = ? AND at_ns = ?",
+                (row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]))
+            if found:
+                self._redirects[row[_ID]] = found[0][0]
+                self._remember_event((row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]),
+                                     found[0][0])
+        while len(self._redirects) > _REDIRECT_SIZE:
+            del self._redirects[next(iter(self._redirects))]
+
+    def _redirected(self, change_row: tuple) -> tuple:
+        target_id = self._redirects.get(change_row[1])
+        if target_id is None:
+            return change_row
+        return (change_row[0], target_id, *change_row[2:])
+
+    async def _checkpoint(self) -> None:
+        async with self._conn_lock:
+            await self._conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_BUSY_MS}")
+            try:
+                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                await self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _remember_event(self, key: tuple, obs_id: int) -> None:
+        self._event_ids[key] = obs_id
+        if len(self._event_ids) > _EVENT_INDEX_SIZE:
+            del self._event_ids[next(iter(self._event_ids))]
+
+    def _take(self) -> _Batch:
+        batch, self._queue = self._queue, _Batch()
+        batch.seq = self._queued_seq
+        self._pending = 0
+        return batch
+
+    def _requeue(self, batch: _Batch) -> None:
+        queue = self._queue
+        self._queue = _Batch(batch.runs + queue.runs, batch.observations + queue.observations,
+                             batch.changes + queue.changes, batch.findings + queue.findings,
+                             batch.experiments + queue.experiments, batch.updates + queue.updates)
+        self._pending += len(batch)
+
+    def _release_waiters(self) -> None:
+        done = self._committed_seq
+        keep = []
+        for target, waiter in self._waiters:
+            if target <= done:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                keep.append((target, waiter))
+        self._waiters = keep
+
+    def _fail(self, exc: BaseException) -> None:
+        """Record a failure (the first one wins) and fail every waiting flush with it."""
+        if self._failure is None and not isinstance(exc, StoreClosed):
+            self._failure = exc
+        error: BaseException = (StoreWriteFailed(str(self.path), self._failure)
+                                if self._failure is not None else exc)
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiters = []
+
+
+class _Opening:
+    """What `StoreWriter.open` returns: await it, or use it as an async context manager."""
+
+    def __init__(self, path: Path, patterns: tuple[str, ...], options: dict[str, Any]) -> None:
+        self._args = (path, patterns, options)
+        self._writer: StoreWriter | None = None
+
+    def __await__(self):
+        return StoreWriter._open(*self._args).__await__()
+
+    async def __aenter__(self) -> StoreWriter:
+        self._writer = await StoreWriter._open(*self._args)
+        return self._writer
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._writer is not None
+        await self._writer.close()
+
+
+def _match_mode(path: Path) -> None:
+    """Give -wal and -shm the database file's mode (0600 when we created it)."""
+    mode = path.stat().st_mode & 0o777
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        try:
+            if side.stat().st_mode & 0o777 != mode:
+                side.chmod(mode)
+        except FileNotFoundError:
+            pass
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
