@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.config import Config, TargetConfig, config_from_dict, load_config, resolve_target
-from agent.errors import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, PodwardenError
+from agent.errors import EXIT_OK, EXIT_USAGE, PodwardenError, UsageError
 from agent.log import setup_logging
 from agent.transport import Transport, make_transport
 
@@ -161,6 +161,65 @@ def status(opts: Options) -> int:
             out.print(services)
         for problem in node.problems:
             err.print(f"[yellow]warning:[/yellow] {problem}")
+        return EXIT_OK
+
+    return run_async(go())
+
+
+# ---------------------------------------------------------------- watch
+
+def _targets(opts: Options, config: Config, all_targets: bool) -> list[TargetConfig]:
+    if all_targets:
+        if not config.targets:
+            raise UsageError("--all-targets: the config has no [targets]")
+        return list(config.targets.values())
+    return [opts.target_for(config)]
+
+
+@cli.command()
+@click.option("--for", "duration", default=None, metavar="DURATION",
+              help="Stop after this long (30s, 5m, 8h). Default: until Ctrl-C or SIGTERM.")
+@click.option("--all-targets", is_flag=True, help="Watch every target in the config at once.")
+@click.option("--no-dashboard", is_flag=True, help="No live table (for logs and CI); progress on stderr.")
+@common_options
+def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: bool) -> int:
+    """Record everything the node says until stopped: events, logs, snapshots, state changes.
+
+    Every observation goes to the SQLite store; a dropped link is reconnected and
+    backfilled with `podman events --since`, so nothing is lost and nothing is doubled.
+
+    \b
+    Example:
+      podwarden watch --for 8h
+      podwarden watch --target ssh://bitcoin@127.0.0.1:2222 --json | jq .
+    """
+    from agent.config import parse_duration
+    from agent.session import install_stop_signals, open_session, record
+
+    config = opts.load_config()
+    seconds = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise UsageError(f"--for: {exc}") from None
+    targets = _targets(opts, config, all_targets)
+    db = opts.db_path(config)
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        undo = install_stop_signals(stop)
+        try:
+            async with open_session(config, targets, db, "watch") as session:
+                if not opts.json:
+                    err.print(f"recording run {session.run_id} into {db}")
+                await record(session, stop, seconds, dashboard=not (opts.json or no_dashboard),
+                             json_lines=opts.json, console=out)
+                count = len(session.changes)
+        finally:
+            undo()
+        if not opts.json:
+            err.print(f"stopped: {count} state changes stored in {db}")
         return EXIT_OK
 
     return run_async(go())
