@@ -21,7 +21,8 @@ from agent.transport import Transport, make_transport
 
 DEFAULT_CONFIG = "config.toml"
 
-out = Console(highlight=False, soft_wrap=True)
+# piped output is read by scripts and people alike: don't squeeze tables to 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 
@@ -390,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return 130
     except PodwardenError as exc:
-        err.print(f"podwarden: error: {exc.message}", markup=False)
+        # one plain line, never wrapped: scripts and people grep it
+        sys.stderr.write(f"podwarden: error: {exc.message}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

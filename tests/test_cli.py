@@ -1,0 +1,78 @@
+"""The command line: help on every command, exit codes for bad config and unreachable targets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+from agent.cli import cli, main
+from tests.conftest import ssh_target
+from tests.sshd import free_port, make_sshd
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        yield prefix + (name,), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, prefix + (name,))
+
+
+def test_every_command_has_help_and_an_example(capsys):
+    for path, command in _commands(cli):
+        assert command.help, f"{' '.join(path)} has no help"
+        assert main([*path, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "Usage:" in text
+        if not isinstance(command, click.Group):
+            assert "Example" in text or path == ("testbed", "faults") or "podwarden" in text, path
+
+
+def test_config_typo_exits_2_naming_the_key(tmp_path, capsys):
+    bad = tmp_path / "c.toml"
+    bad.write_text('[containers.lnd]\nrole = "lightning"\ndepnds_on = []\n')
+    assert main(["status", "--config", str(bad)]) == 2
+    message = capsys.readouterr().err
+    assert "containers.lnd.depnds_on" in message and "unknown key" in message and "Traceback" not in message
+
+
+def test_bad_duration_and_unknown_target_exit_2(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[soak]\nduration = \"forever\"\n")
+    assert main(["status", "--config", str(config)]) == 2
+    assert "soak.duration" in capsys.readouterr().err
+    config.write_text("")
+    assert main(["status", "--config", str(config), "--target", "nowhere"]) == 2
+    assert "unknown target 'nowhere'" in capsys.readouterr().err
+
+
+def _status_exit(args: list[str]) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", "/dev/null", *args],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.e2e
+def test_unreachable_targets_exit_3_with_one_line(sshd, tmp_path):
+    target = f"ssh://root@127.0.0.1:{sshd.port}"
+    other_key = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    changed = tmp_path / "known_hosts"
+    other = make_sshd(["root"])
+    changed.write_text(f"[127.0.0.1]:{sshd.port} " + other.known_hosts.read_text().split(" ", 1)[1])
+    cases = {
+        "nothing listening": [f"ssh://root@127.0.0.1:{free_port()}", "--identity", str(sshd.identity),
+                              "--known-hosts", str(sshd.known_hosts)],
+        "wrong key": [target, "--identity", str(other_key), "--known-hosts", str(sshd.known_hosts)],
+        "changed host key": [target, "--identity", str(sshd.identity), "--known-hosts", str(changed)],
+    }
+    reasons = {"nothing listening": "connection refused", "wrong key": "authentication failed",
+               "changed host key": "host key"}
+    for case, args in cases.items():
+        code, stderr = _status_exit(["--target", *args])
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 3, (case, stderr)
+        assert len(lines) == 1 and reasons[case] in lines[0], (case, stderr)
+        assert "Traceback" not in stderr

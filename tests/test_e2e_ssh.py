@@ -1,0 +1,131 @@
+"""End to end over a real sshd on 127.0.0.1: the testbed and `status`, as root and rootless;
+fault switches seen through `status` and the logs; a crash loop seen by `watch`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.testbed import example_config
+from tests.sshd import ROOTLESS_USER, SshServer
+
+pytestmark = pytest.mark.e2e
+
+STACK = ["node", "lightning", "indexer", "node-ui", "lightning-ui", "indexer-ui"]
+
+
+def podwarden(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+class Node:
+    """The CLI pointed at one user on the test sshd, with its own testbed prefix and ports."""
+
+    def __init__(self, sshd: SshServer, user: str, prefix: str, port_base: int, tmp: Path) -> None:
+        self.prefix = prefix
+        self.config = tmp / f"{prefix}config.toml"
+        self.config.write_text(example_config(prefix=prefix, port_base=port_base))
+        self.target = ["--config", str(self.config), "--target", sshd.url(user),
+                       "--identity", str(sshd.identity), "--known-hosts", str(sshd.known_hosts)]
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        result = podwarden([*args, *self.target], timeout)
+        return result
+
+    def ok(self, *args: str, timeout: float = 180) -> str:
+        result = self.run(*args, timeout=timeout)
+        assert result.returncode == 0, f"podwarden {' '.join(args)}: {result.returncode}\n{result.stderr}"
+        return result.stdout
+
+    def status(self) -> dict:
+        return json.loads(self.ok("status", "--json"))
+
+    def containers(self) -> dict[str, dict]:
+        return {c["name"]: c for c in self.status()["containers"]}
+
+
+@pytest.fixture(scope="module")
+def root_node(sshd, tmp_path_factory):
+    node = Node(sshd, "root", "tbs-", 23330, tmp_path_factory.mktemp("root"))
+    yield node
+    node.run("testbed", "down")
+
+
+@pytest.fixture(scope="module")
+def rootless_node(sshd, tmp_path_factory):
+    node = Node(sshd, ROOTLESS_USER, "tbr-", 24330, tmp_path_factory.mktemp("rootless"))
+    yield node
+    node.run("testbed", "down")
+
+
+def _assert_whole_stack(node: Node, rootless: bool) -> None:
+    status = node.status()
+    assert status["rootless"] is rootless
+    containers = {c["name"]: c for c in status["containers"]}
+    for role in STACK:
+        entry = containers[node.prefix + role]
+        assert entry["expected"] and entry["state"] == "running", entry
+        assert entry["restart_policy"] in ("always", "unless-stopped")
+        assert ":latest" not in entry["image"] and "podwarden-testbed:" in entry["image"]
+    assert containers[node.prefix + "node"]["health"] == "healthy"
+    [backend] = status["services"]
+    assert backend["name"] == node.prefix + "backend" and backend["active"] is True and backend["health"] == "ok"
+
+
+def test_root_testbed_and_status_over_ssh(root_node):
+    root_node.ok("testbed", "up")
+    _assert_whole_stack(root_node, rootless=False)
+    table = root_node.ok("status")
+    assert "tbs-node" in table and "tbs-backend" in table
+
+
+def test_rootless_testbed_and_status_over_ssh(rootless_node):
+    rootless_node.ok("testbed", "up")
+    _assert_whole_stack(rootless_node, rootless=True)
+
+
+def _logs(node: Node, name: str) -> str:
+    # podman logs through the same SSH link, the way a person would run it
+    result = subprocess.run(["ssh", "-i", node.target[5], "-o", f"UserKnownHostsFile={node.target[7]}",
+                             "-o", "BatchMode=yes", "-p", node.target[3].rsplit(":", 1)[1], "root@127.0.0.1",
+                             "podman", "logs", name], capture_output=True, text=True, timeout=60)
+    return result.stdout + result.stderr
+
+
+def test_fault_switches_change_status_and_logs(root_node):
+    faults = ["indexer-lock-permission", "health-needs-credentials", "no-memory-limit", "latest-tag",
+              "restart-no", "backend-unsupervised"]
+    root_node.ok("testbed", "up", *[arg for f in faults for arg in ("--fault", f)])
+    p = root_node.prefix
+    deadline = time.monotonic() + 60
+    while True:
+        containers = root_node.containers()
+        if containers[p + "indexer"]["restarts"] >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert containers[p + "indexer"]["restarts"] >= 2  # a real crash loop under restart=always
+    assert "utxo/LOCK: Permission denied" in _logs(root_node, p + "indexer")
+    assert containers[p + "lightning"]["health"] == "unhealthy"
+    assert containers[p + "node-ui"]["memory"] == 0
+    assert containers[p + "lightning-ui"]["image"].endswith(":latest")
+    assert containers[p + "indexer-ui"]["restart_policy"] == "no"
+    testbed = json.loads(root_node.ok("testbed", "status", "--json"))
+    assert sorted(testbed["faults"]) == sorted(faults)
+
+
+def test_watch_sees_the_crash_loop(root_node, tmp_path):
+    root_node.ok("testbed", "up", "--fault", "indexer-lock-permission")
+    db = tmp_path / "watch.db"
+    out = root_node.ok("watch", "--for", "15s", "--json", "--db", str(db), timeout=120)
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    indexer = [l for l in lines if l["type"] == "change" and l["container"] == root_node.prefix + "indexer"]
+    assert any(l["to"] == "crashlooping" for l in indexer), indexer
+    crash = next(l for l in indexer if l["to"] == "crashlooping")
+    assert "deaths within" in crash["cause"]
+    assert db.stat().st_mode & 0o777 == 0o600
