@@ -129,3 +129,26 @@ def test_watch_sees_the_crash_loop(root_node, tmp_path):
     crash = next(l for l in indexer if l["to"] == "crashlooping")
     assert "deaths within" in crash["cause"]
     assert db.stat().st_mode & 0o777 == 0o600
+
+
+def test_stored_changes_are_a_pure_function_of_stored_observations(root_node, tmp_path):
+    """DESIGN's one invariant: replaying the store into fresh machines gives the stored changes."""
+    from agent.config import load_config
+    from agent.session import machine_settings
+    from machines.container import Fleet
+    from store import StoreReader
+
+    root_node.ok("testbed", "up", "--fault", "indexer-lock-permission")
+    db = tmp_path / "replay.db"
+    root_node.ok("watch", "--for", "10s", "--json", "--db", str(db), timeout=120)
+    fleet = Fleet(machine_settings(load_config(root_node.config)))
+    replayed = []
+    with StoreReader(db) as reader:
+        # the live path fed observations in arrival order, which is id order
+        for record in sorted(reader.observation_records(), key=lambda r: r.id):
+            replayed.extend((record.id, c) for c in fleet.feed(record.obs))
+        stored = list(reader.changes())
+    assert len(stored) > 5
+    assert [(c.observation_id, c.container, c.at_ns, str(c.from_state), str(c.to_state), c.cause)
+            for c in stored] == [(i, c.container, c.at_ns, str(c.from_state), str(c.to_state), c.cause)
+                                 for i, c in replayed]
