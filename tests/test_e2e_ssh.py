@@ -152,3 +152,26 @@ def test_stored_changes_are_a_pure_function_of_stored_observations(root_node, tm
     assert [(c.observation_id, c.container, c.at_ns, str(c.from_state), str(c.to_state), c.cause)
             for c in stored] == [(i, c.container, c.at_ns, str(c.from_state), str(c.to_state), c.cause)
                                  for i, c in replayed]
+
+
+def test_watch_several_targets_at_once(sshd, root_node, tmp_path):
+    """One config, two SSH targets (root and rootless), one `watch --all-targets`."""
+    root_node.ok("testbed", "up")
+    targets = "".join(
+        f'\n[targets.{name}]\ntransport = "ssh"\nhost = "127.0.0.1"\nport = {sshd.port}\nuser = "{user}"\n'
+        f'identity = "{sshd.identity}"\nknown_hosts = "{sshd.known_hosts}"\n'
+        for name, user in (("rootnode", "root"), ("rootlessnode", ROOTLESS_USER)))
+    config = tmp_path / "two.toml"
+    config.write_text(example_config(prefix="tbs-", port_base=23330, target_name="rootnode", extra_targets=targets))
+    db = tmp_path / "two.db"
+    result = podwarden(["watch", "--all-targets", "--for", "8s", "--json", "--config", str(config), "--db", str(db)])
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    connected = {l["target"] for l in lines if l["type"] == "agent" and l["what"] == "connected"}
+    assert connected == {"local", "rootnode", "rootlessnode"}  # the example config also has local
+    final = {}
+    for l in lines:
+        if l["type"] == "change":
+            final[(l["target"], l["container"])] = l["to"]
+    assert final[("rootnode", "tbs-node")] in ("running", "healthy", "starting")
+    assert final[("rootlessnode", "tbs-node")] == "missing"
