@@ -13,9 +13,10 @@ from typing import Any, Awaitable, Callable
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent.config import Config, TargetConfig, config_from_dict, load_config, resolve_target
-from agent.errors import EXIT_OK, EXIT_USAGE, PodwardenError, UsageError
+from agent.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PodwardenError, UsageError
 from agent.log import setup_logging
 from agent.transport import Transport, make_transport
 
@@ -85,8 +86,8 @@ def run_async(coro: Awaitable[int]) -> int:
 
 
 def progress(message: str) -> None:
-    """Progress of long work, on stderr so --json output stays clean."""
-    err.print(f"[dim]…[/dim] {message}")
+    """Progress of long work, on stderr so --json output stays clean (never read as markup)."""
+    err.print(Text.assemble(("… ", "dim"), message))
 
 
 def print_json(document: Any) -> None:
@@ -149,7 +150,7 @@ def status(opts: Options) -> int:
             style = "red" if c.state in ("missing", "exited") or c.health == "unhealthy" else ""
             table.add_row(c.name + ("" if c.expected else " [dim](unexpected)[/dim]"), c.role,
                           c.state, c.health or "-", str(c.restarts), c.restart_policy or "-",
-                          _memory(c.memory), c.image or "-", ", ".join(c.ports) or "-", style=style)
+                          _memory(c.memory), Text(c.image or "-"), Text(", ".join(c.ports) or "-"), style=style)
         out.print(table)
         if node.services:
             services = Table(title="host services")
@@ -157,11 +158,11 @@ def status(opts: Options) -> int:
                 services.add_column(column)
             for s in node.services:
                 active = "-" if s.active is None else ("yes" if s.active else "no")
-                services.add_row(s.name, active, s.health, s.detail,
+                services.add_row(s.name, active, Text(s.health), Text(s.detail),
                                  style="" if s.active is not False and s.health in ("ok", "n/a") else "red")
             out.print(services)
         for problem in node.problems:
-            err.print(f"[yellow]warning:[/yellow] {problem}")
+            err.print(Text.assemble(("warning: ", "yellow"), problem))
         return EXIT_OK
 
     return run_async(go())
@@ -222,6 +223,73 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
         if not opts.json:
             err.print(f"stopped: {count} state changes stored in {db}")
         return EXIT_OK
+
+    return run_async(go())
+
+
+# ---------------------------------------------------------------- check
+
+@cli.command()
+@click.option("--all-targets", is_flag=True, help="Check every target in the config.")
+@click.option("--no-store", is_flag=True, help="Don't record the probes and findings in the store.")
+@common_options
+def check(opts: Options, all_targets: bool, no_store: bool) -> int:
+    """Baseline of a node: inventory, every probe, every policy, recent log errors, diagnosis.
+
+    Findings name the container, the rule, the cause and the fix. Probes and findings
+    are stored with the run unless --no-store.
+
+    \b
+    Example:
+      podwarden check
+      podwarden check --json | jq '.findings[] | {container, rule, cause}'
+    Exit 0 when everything passes, 1 when anything fails, 3 when unreachable.
+    """
+    from agent.check import render_table, run_check
+    from agent.errors import TargetUnreachable, TransportError
+
+    config = opts.load_config()
+    targets = _targets(opts, config, all_targets)
+    db = opts.db_path(config)
+
+    async def go() -> int:
+        reports = []
+        store = None
+        run_id = None
+        if not no_store:
+            from store import StoreWriter
+
+            store = await StoreWriter.open(db, config.redaction.patterns)
+        try:
+            if store is not None:
+                run_id = await store.start_run("check", [t.name for t in targets],
+                                               json.loads(config.model_dump_json(exclude={"path"})))
+            for target in targets:
+                try:
+                    async with make_transport(target) as transport:
+                        reports.append(await run_check(transport, config, target, store=store, run_id=run_id,
+                                                       progress=progress))
+                except TransportError as exc:
+                    raise TargetUnreachable(target.name, f"link lost during the check: {exc.reason}") from None
+            verdict = "pass" if all(r.passed for r in reports) else "fail"
+            if store is not None:
+                await store.end_run(run_id, verdict)
+        finally:
+            if store is not None:
+                await asyncio.shield(store.close())
+        if opts.json:
+            if len(reports) == 1:
+                print_json({**reports[0].to_json(), "run_id": run_id})
+            else:
+                print_json({"verdict": verdict, "run_id": run_id, "targets": [r.to_json() for r in reports]})
+        else:
+            for report in reports:
+                out.print(render_table(report))
+            if len(reports) > 1:
+                out.print(f"verdict: [bold {'green' if verdict == 'pass' else 'red'}]{verdict}[/]")
+            if run_id is not None:
+                err.print(f"stored as run {run_id} in {db}")
+        return EXIT_OK if verdict == "pass" else EXIT_FAIL
 
     return run_async(go())
 

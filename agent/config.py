@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -280,6 +280,95 @@ class HookConfig(_Strict):
     cooldown: Duration = 60.0
 
 
+class RuleMatchConfig(_Strict):
+    """One way a diagnosis rule matches: every condition given must hold (at least one)."""
+
+    # Facts a rule can test: InspectFacts fields plus derived ones (see agent/diagnosis.py).
+    FACTS: ClassVar[tuple[str, ...]] = (
+        "status", "running", "exit_code", "restart_count", "restart_policy", "health", "memory",
+        "image", "image_tag", "read_only", "oom_killed", "user", "network_mode", "stopped_by_user",
+        "has_mount", "dac_override", "has_healthcheck", "expected_state",
+    )
+
+    log: str | None = None
+    health_output: str | None = None
+    health_exit_code: list[int] | None = None
+    exit_code: list[int] | None = None
+    probe: str | None = None
+    probe_output: str | None = None
+    probe_failed: bool = True
+    log_errors: bool = False
+    facts: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("log", "health_output", "probe_output")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
+
+    @field_validator("facts")
+    @classmethod
+    def _known_facts(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, expected in value.items():
+            if key not in cls.FACTS:
+                raise ValueError(f"unknown fact {key!r}: known facts are {', '.join(cls.FACTS)}")
+            if isinstance(expected, str) and re.match(r"\s*(>=|<=|!=|>|<)", expected):
+                if not re.fullmatch(r"\s*(>=|<=|!=|>|<)\s*-?\d+(\.\d+)?\s*", expected):
+                    raise ValueError(f"invalid comparison {expected!r} for fact {key!r}: use a number after the operator, like \">=3\"")
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "RuleMatchConfig":
+        if not (self.log or self.health_output or self.health_exit_code or self.exit_code or self.probe
+                or self.probe_output or self.log_errors or self.facts):
+            raise ValueError("a match needs at least one condition: log, health_output, health_exit_code, "
+                             "exit_code, probe, probe_output, log_errors or facts")
+        return self
+
+
+class RuleConfig(_Strict):
+    """A diagnosis rule: evidence it matches, and the finding it makes (cause and fix)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    severity: Literal["error", "warning", "info"] = "error"
+    containers: list[str] = Field(default_factory=list)
+    match: list[RuleMatchConfig] = Field(min_length=1)
+    message: str = ""
+    cause: str
+    fix: str
+    explains: list[Literal["state", "health", "logs"]] = Field(default_factory=list)
+    fallback: bool = False
+    superseded_by: list[str] = Field(default_factory=list)
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("message", "cause", "fix")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        class Blank(dict):  # any placeholder name is fine here; agent/diagnosis.py fills the known ones
+            def __missing__(self, key: str) -> str:
+                return ""
+
+        try:
+            value.format_map(Blank())
+        except (ValueError, IndexError, AttributeError, KeyError) as exc:
+            raise ValueError(f"invalid placeholder in {value!r}: {exc}; write {{{{ and }}}} for literal braces") from None
+        return value
+
+    @model_validator(mode="after")
+    def _log_errors_only_in_fallback(self) -> "RuleConfig":
+        if any(m.log_errors for m in self.match) and not self.fallback:
+            raise ValueError("`log_errors = true` needs `fallback = true` (it looks at lines no other rule explained)")
+        return self
+
+
 class RedactionConfig(_Strict):
     """Regexes whose matches are replaced before anything reaches the store."""
 
@@ -336,6 +425,7 @@ class Config(_Strict):
     watch: WatchConfig = Field(default_factory=WatchConfig)
     soak: SoakConfig = Field(default_factory=SoakConfig)
     hooks: list[HookConfig] = Field(default_factory=list)
+    rules: list[RuleConfig] = Field(default_factory=list)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     testbed: TestbedConfig = Field(default_factory=TestbedConfig)
 

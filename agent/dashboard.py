@@ -36,7 +36,8 @@ def render(fleet: Fleet, views: list, started_ns: int, changes: int, now_ns: int
         last_error = machine.last_error or ""
         table.add_row(machine.target, machine.container,
                       Text(state.value, style=_STYLE.get(state, "green" if state in GOOD else "")),
-                      _ago(machine.since_ns, now_ns), str(machine.restarts), last_error[-200:])
+                      _ago(machine.since_ns, now_ns), str(machine.restarts),
+                      Text(last_error[-200:]))  # log text is never markup: "[ERR] ..." is common
     links = Table.grid(padding=(0, 2))
     for view in views:
         style = {"up": "green", "lost": "red", "unreachable": "red"}.get(view.link, "yellow")

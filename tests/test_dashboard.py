@@ -20,7 +20,7 @@ def test_dashboard_shows_states_restarts_and_last_error():
         EventObs("node1", "lnd", T0 + 5 * S, "c1", "died", exit_code=137),
         EventObs("node1", "lnd", T0 + 5 * S + 1000, "c1", "restart"),
         EventObs("node1", "lnd", T0 + 5 * S + 2000, "c1", "start"),
-        LogObs("node1", "electrumx", T0 + 6 * S, "IOError: utxo/LOCK: Permission denied", is_error=True),
+        LogObs("node1", "electrumx", T0 + 6 * S, "[ERR] IOError: utxo/LOCK: Permission denied [/x]", is_error=True),
         EventObs("node1", "electrumx", T0 + 6 * S, "c2", "died", exit_code=1),
     ):
         fleet.feed(obs)

@@ -1,0 +1,344 @@
+"""`podwarden check`: the baseline of one target, as the seed's C1 and C4 ran it by hand.
+
+Inventory (every expected container present?), every probe of every container and
+host service, every spec policy, recent log errors, and diagnosis of known failures,
+ending in one CheckReport whose verdict is `fail` when any finding has severity
+error or warning, or any probe failed (`info` findings never fail a check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, TypeVar
+
+from agent import podman
+from agent.config import Config, ContainerConfig, HealthcheckProbe, HttpProbe, Probe, ServiceProbe, TargetConfig
+from agent.diagnosis import SEVERITIES, Evidence, Finding, HealthRecord, Rule, diagnose, rules_for
+from agent.errors import TransportError
+from agent.policies import check_missing, check_policies
+from agent.probes import LogRead, ProbeResult, execute_probe, probe_name, read_logs
+from agent.status import inspect_all
+from agent.transport import Transport
+from machines.observations import ProbeObs
+
+MAX_CONCURRENT = 4  # OpenSSH MaxSessions is 10 and the SSH transport caps channels at 8
+LOG_TAIL = 100
+LOG_TIMEOUT_S = 30.0
+RUNNING_STATES = ("running", "healthy")
+
+T = TypeVar("T")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ContainerEntry:
+    """One container of the inventory: expected by config, present on the node, or both."""
+
+    name: str
+    expected: bool
+    expected_state: str | None
+    role: str
+    state: str  # podman's State.Status, or "missing"
+    health: str | None
+    restarts: int
+    restart_policy: str
+    memory: int
+    image: str
+    exit_code: int | None
+
+    @classmethod
+    def of(cls, name: str, own: ContainerConfig | None, facts: podman.InspectFacts | None) -> "ContainerEntry":
+        if facts is None:
+            return cls(name, own is not None, own.expected_state if own else None, own.role if own else "",
+                       "missing", None, 0, "", 0, "", None)
+        return cls(name, own is not None, own.expected_state if own else None, own.role if own else "",
+                   facts.status, facts.health, facts.restart_count, facts.restart_policy, facts.memory,
+                   facts.image, facts.exit_code)
+
+
+@dataclass
+class CheckReport:
+    """Everything one check found on one target."""
+
+    target: str
+    started_ns: int
+    ended_ns: int = 0
+    containers: list[ContainerEntry] = field(default_factory=list)
+    probes: list[ProbeObs] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def failed_probes(self) -> list[ProbeObs]:
+        return [p for p in self.probes if not p.ok]
+
+    @property
+    def verdict(self) -> str:
+        """`fail` when a finding is an error or warning or a probe failed, else `pass`."""
+        if self.failed_probes or any(f.fails for f in self.findings):
+            return "fail"
+        return "pass"
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    def to_json(self) -> dict[str, Any]:
+        """The `podwarden check --json` document."""
+        return {
+            "target": self.target,
+            "verdict": self.verdict,
+            "started_ns": self.started_ns,
+            "ended_ns": self.ended_ns,
+            "findings": [f.to_json() for f in self.findings],
+            "probes": [
+                {"container": p.container, "probe": p.probe, "type": p.probe_type, "ok": p.ok,
+                 "latency_ms": p.latency_ms, "detail": p.detail, "excerpt": p.excerpt}
+                for p in self.probes
+            ],
+            "containers": [asdict(c) for c in self.containers],
+        }
+
+
+@dataclass(frozen=True)
+class _PlannedProbe:
+    owner: str  # container or service name
+    probe: Probe
+    error_patterns: tuple[str, ...] = ()
+    ignore_patterns: tuple[str, ...] = ()
+    skip_reason: str = ""  # set: not run, reported as failed with this detail
+
+
+def implicit_healthcheck(facts: podman.InspectFacts) -> HealthcheckProbe:
+    """A `podman healthcheck run` probe for a container whose check nobody configured.
+
+    Without systemd podman runs no health check timers (health stays `starting`),
+    so the check runs the container's own health check once itself.
+    """
+    timeout_s = facts.healthcheck_timeout_ns / 1e9 if facts.healthcheck_timeout_ns else 10.0
+    return HealthcheckProbe(type="podman-healthcheck", name="healthcheck", timeout=min(max(timeout_s, 5.0), 60.0))
+
+
+def implicit_service_probes(service_name: str, health_url: str | None,
+                            status_command: list[str] | None) -> list[Probe]:
+    """Probes for a host service that configures none: its health URL and its status command."""
+    probes: list[Probe] = []
+    if health_url:
+        probes.append(HttpProbe(type="http", name="health", url=health_url))
+    probes.append(ServiceProbe(type="service", name="active", command=status_command))
+    return probes
+
+
+def _plan(config: Config, facts_by_name: dict[str, podman.InspectFacts], inventory_ok: bool) -> list[_PlannedProbe]:
+    plan: list[_PlannedProbe] = []
+    for name, own in config.containers.items():
+        if own.expected_state not in RUNNING_STATES:
+            continue
+        facts = facts_by_name.get(name)
+        errors = tuple(config.error_patterns(name))
+        ignores = tuple(own.log_ignore)
+        skip = "not run: the container is missing" if facts is None and inventory_ok else ""
+        probes: list[Probe] = list(own.probes)
+        if facts is not None and facts.healthcheck_test and not any(p.type == "podman-healthcheck" for p in probes):
+            probes.append(implicit_healthcheck(facts))
+        plan.extend(_PlannedProbe(name, probe, errors, ignores, skip) for probe in probes)
+    for name, service in config.services.items():
+        probes = list(service.probes) or implicit_service_probes(name, service.health_url, service.status_command)
+        plan.extend(_PlannedProbe(name, probe) for probe in probes)
+    return plan
+
+
+def _health_record(result: ProbeResult) -> HealthRecord | None:
+    """What one of our health check runs adds to the evidence; None when the check did not run."""
+    obs = result.obs
+    if obs.ok:
+        return HealthRecord(0, result.output, "probe")
+    if result.exit_status is None:  # cut off by our timeout (podman's own marks that -1)
+        return HealthRecord(-1, obs.detail, "probe") if obs.detail.startswith("timed out") else None
+    if result.exit_status == 125:  # no check ran: container not running, no check defined
+        return None
+    return HealthRecord(result.exit_status, result.output or obs.detail, "probe")
+
+
+async def run_check(transport: Transport, config: Config, target: TargetConfig, *, store: Any = None,
+                    run_id: int | None = None, progress: Callable[[str], None] = _quiet,
+                    rules: list[Rule] | None = None) -> CheckReport:
+    """Check one target: inventory, probes, policies, log errors and diagnosis.
+
+    Stores snapshots, probe observations and findings when `store` (a StoreWriter) is
+    given. Probes run at most MAX_CONCURRENT at a time. Operational failures become
+    failed probes and findings; raises TransportError only when the link to the target
+    is lost during the check.
+    """
+    name = transport.name
+    podman_cmd = list(target.podman) or ["podman"]
+    rules = rules_for(config) if rules is None else rules
+    report = CheckReport(name, time.time_ns())
+    findings: list[Finding] = []
+
+    progress(f"{name}: inventory (podman ps, inspect)")
+    try:
+        facts_list, problems = await inspect_all(transport, podman_cmd)
+    except TransportError as exc:
+        if not transport.connected:
+            raise
+        facts_list, problems = [], [f"inventory failed: {exc.reason}"]
+    inventory_ok = not problems
+    facts_by_name = {facts.name: facts for facts in facts_list}
+    expected = {n: c for n, c in config.containers.items() if c.expected_state != "absent"}
+    for problem in problems:
+        findings.append(Finding(name, "", "inventory-failed", "error", f"{name}: {problem}",
+                                "podman on the target did not answer ps/inspect as expected",
+                                "run `podman ps -a` on the target and fix what it reports", {"problem": problem}))
+    for container in sorted(set(config.containers) | set(facts_by_name)):
+        report.containers.append(ContainerEntry.of(container, config.containers.get(container),
+                                                   facts_by_name.get(container)))
+    missing = [n for n in expected if n not in facts_by_name]
+    progress(f"{name}: {len(facts_by_name)} containers present, {len(expected)} expected"
+             + (f", missing: {', '.join(missing)}" if missing and inventory_ok else ""))
+    if store is not None:
+        for facts in facts_list:
+            store.add(facts.snapshot(), run_id)
+        if inventory_ok:
+            for container in missing:
+                store.add(podman.missing_snapshot(name, container, report.started_ns), run_id)
+    if inventory_ok:
+        findings.extend(check_missing(name, config, facts_by_name))
+
+    plan = _plan(config, facts_by_name, inventory_ok)
+    limit = asyncio.Semaphore(MAX_CONCURRENT)
+
+    async def bounded(make: Callable[[], Awaitable[T]]) -> T:
+        async with limit:
+            return await make()
+
+    async def probe_task(planned: _PlannedProbe) -> ProbeResult:
+        if planned.skip_reason:
+            obs = ProbeObs(name, planned.owner, time.time_ns(), probe_name(planned.probe), planned.probe.type,
+                           False, 0.0, "", planned.skip_reason)
+            return ProbeResult(obs)
+        result = await bounded(lambda: execute_probe(
+            transport, podman_cmd, planned.owner, planned.probe, error_patterns=planned.error_patterns,
+            ignore_patterns=planned.ignore_patterns, now_ns=time.time_ns()))
+        obs = result.obs
+        progress(f"{obs.container}/{obs.probe} ({obs.probe_type}): "
+                 + (f"ok in {obs.latency_ms:.0f} ms" if obs.ok else f"FAILED: {obs.detail}"))
+        if store is not None:
+            store.add(obs, run_id)
+        return result
+
+    async def logs_task(container: str) -> LogRead:
+        try:
+            read = await bounded(lambda: read_logs(transport, podman_cmd, container, tail=LOG_TAIL,
+                                                   timeout=LOG_TIMEOUT_S))
+        except TransportError as exc:
+            read = LogRead((), False, f"podman logs failed: {exc.reason}")
+        if not read.ok:
+            progress(f"{container}: {read.detail}")
+        return read
+
+    progress(f"{name}: {sum(1 for p in plan if not p.skip_reason)} probes, "
+             f"logs of {len([n for n in expected if n in facts_by_name])} containers (at most {MAX_CONCURRENT} at once)")
+    async with asyncio.TaskGroup() as group:
+        probe_tasks = [group.create_task(probe_task(planned)) for planned in plan]
+        log_tasks = {container: group.create_task(logs_task(container))
+                     for container in expected if container in facts_by_name}
+    results = [task.result() for task in probe_tasks]
+    logs = {container: task.result() for container, task in log_tasks.items()}
+    report.probes = [result.obs for result in results]
+    if not transport.connected:
+        raise TransportError(name, ["check"], "the link to the target was lost during the check")
+
+    progress(f"{name}: policies and diagnosis")
+    for container, own in expected.items():
+        facts = facts_by_name.get(container)
+        if facts is None:
+            continue
+        own_results = [r for r in results if r.obs.container == container]
+        evidence = Evidence.build(
+            name, container, facts, expected_state=own.expected_state,
+            lines=logs[container].lines, error_patterns=config.error_patterns(container),
+            ignore_patterns=own.log_ignore,
+            health_runs=[record for r in own_results if r.obs.probe_type == "podman-healthcheck"
+                         and (record := _health_record(r)) is not None],
+            probes=[r.obs for r in own_results],
+        )
+        prior = check_policies(facts, config, evidence.lines)
+        findings.extend(prior)
+        findings.extend(diagnose(evidence, rules, prior))
+    for service in config.services:
+        evidence = Evidence.build(name, service, None, probes=[r.obs for r in results if r.obs.container == service])
+        findings.extend(diagnose(evidence, rules))
+
+    order = {severity: index for index, severity in enumerate(SEVERITIES)}
+    report.findings = sorted(findings, key=lambda f: (order.get(f.severity, len(order)), f.container, f.rule))
+    report.ended_ns = time.time_ns()
+    if store is not None:
+        for finding in report.findings:
+            store.add_finding(run_id, target=finding.target, container=finding.container, rule=finding.rule,
+                              severity=finding.severity, message=finding.message, cause=finding.cause,
+                              fix=finding.fix, evidence=finding.evidence, at_ns=report.ended_ns)
+        await store.flush()
+    failed = len(report.failed_probes)
+    progress(f"{name}: {report.verdict}: {len(report.findings)} finding(s), {failed} failed probe(s) "
+             f"of {len(report.probes)}")
+    return report
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def render_table(report: CheckReport) -> Any:
+    """A rich renderable of a report: containers, probes, findings and the verdict."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    containers = Table(title=f"containers on {report.target}", title_justify="left")
+    for column in ("container", "expected", "state", "health", "restarts", "policy", "memory", "image"):
+        containers.add_column(column)
+    for entry in report.containers:
+        style = "red" if entry.state == "missing" or (entry.expected_state in RUNNING_STATES
+                                                     and entry.state != "running") else ""
+        containers.add_row(Text(entry.name), Text(entry.expected_state or "-"), Text(entry.state, style=style),
+                           Text(entry.health or "-"), Text(str(entry.restarts)), Text(entry.restart_policy or "-"),
+                           Text(_memory(entry.memory)), Text(entry.image or "-"))
+
+    probes = Table(title="probes", title_justify="left")
+    for column in ("container", "probe", "type", "result", "ms", "detail"):
+        probes.add_column(column, overflow="fold")
+    for obs in report.probes:
+        # plain Text everywhere: log lines like `[/v1/getinfo]` are not rich markup
+        probes.add_row(Text(obs.container), Text(obs.probe), Text(obs.probe_type),
+                       Text("ok", style="green") if obs.ok else Text("FAIL", style="bold red"),
+                       Text(f"{obs.latency_ms:.0f}"), Text(obs.detail or ""))
+
+    findings = Table(title="findings", title_justify="left")
+    for column in ("severity", "container", "rule", "message", "fix"):
+        findings.add_column(column, overflow="fold")
+    colours = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+    for finding in report.findings:
+        findings.add_row(Text(finding.severity, style=colours.get(finding.severity, "")),
+                         Text(finding.container or "-"), Text(finding.rule), Text(finding.message), Text(finding.fix))
+
+    verdict = Text(f"verdict: {report.verdict.upper()}  ({len(report.findings)} findings, "
+                   f"{len(report.failed_probes)} of {len(report.probes)} probes failed)",
+                   style="bold green" if report.passed else "bold red")
+    parts: list[Any] = [containers, probes]
+    if report.findings:
+        parts.append(findings)
+    parts.append(verdict)
+    return Group(*parts)
+
+
+def _memory(value: int) -> str:
+    if value <= 0:
+        return "none"
+    for unit, size in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f"{value // size}{unit}"
+    return str(value)
