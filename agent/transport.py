@@ -241,9 +241,11 @@ class LocalTransport(Transport):
         except (asyncio.TimeoutError, TimeoutError):
             _kill_group(proc)
             await proc.wait()
+            _close_pipes(proc)
             raise CommandTimeout(self.name, argv, timeout) from None
         except asyncio.CancelledError:
             _kill_group(proc)
+            _close_pipes(proc)
             raise
         result = RunResult(argv, proc.returncode if proc.returncode is not None else -1,
                            out.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace"),
@@ -294,6 +296,17 @@ class LocalTransport(Transport):
 
     async def open_tcp(self, host: str, port: int) -> tuple[object, object]:
         return await asyncio.open_connection(host, port)
+
+
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close our ends of a killed command's pipes.
+
+    `podman exec` leaves its command running in the container past our kill, holding
+    the pipes open; without this the event loop later warns about unclosed transports.
+    """
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
