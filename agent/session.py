@@ -17,7 +17,7 @@ from rich.live import Live
 
 from agent.config import Config, TargetConfig
 from agent.dashboard import render
-from agent.watcher import Sink, TargetWatcher
+from agent.watcher import RESUME_OVERLAP_NS, Sink, TargetWatcher
 from machines.container import Fleet, MachineSettings, StateChange
 from machines.observations import AgentObs, Observation, obs_data
 from store import StoreWriter
@@ -69,7 +69,9 @@ async def open_session(config: Config, targets: list[TargetConfig], db_path: str
         sink.on_change.append(session.changes.append)
         for target in targets:
             last = await store.last_event_ns(target.name)
-            seen = await store.event_keys_since(target.name, last) if last is not None else set()
+            # the watcher resumes RESUME_OVERLAP_NS before `last`: know what it will replay
+            seen = (await store.event_keys_since(target.name, last - RESUME_OVERLAP_NS)
+                    if last is not None else set())
             session.watchers.append(TargetWatcher(target, config, sink, start_ns=session.started_ns,
                                                   last_event_ns=last, seen_events=seen))
         verdict: str | None = None

@@ -29,6 +29,11 @@ from machines.observations import AgentObs, LogObs, Observation, ProbeObs, Snaps
 ChangeCallback = Callable[[StateChange], None]
 ObsCallback = Callable[[Observation], None]
 
+# podman's writers log concurrent events out of time order (up to ~75 ms seen on 4.3), and
+# `--since` filters each event by its time: resuming at the newest event seen would skip one
+# written after it with an older time. Resume this much earlier; the seen keys drop repeats.
+RESUME_OVERLAP_NS = 5_000_000_000
+
 
 class LinkLost(Exception):
     """The link to a target dropped while we were watching (internal signal)."""
@@ -224,8 +229,11 @@ class TargetWatcher:
     # ------------------------------------------------------------ events
 
     async def _follow_events(self, transport: Transport) -> None:
-        since = self._last_event_ns if self._last_event_ns is not None else self._start_ns
-        # podman's --since is strictly after: step back 1 ns, the dedupe drops the repeat
+        if self._last_event_ns is not None:
+            since = self._last_event_ns - RESUME_OVERLAP_NS
+        else:
+            since = self._start_ns
+        # podman's --since is strictly after: step back 1 ns, the dedupe drops the repeats
         argv = podman.events_cmd(self._podman, since_ns=since - 1, follow=True)
         backfill = self._last_event_ns is not None
         async with transport.stream(argv) as lines:
@@ -426,7 +434,11 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
 async def watch_targets(targets: list[TargetConfig], config: Config, sink: Sink, stop: asyncio.Event,
                         resume: Callable[[str], Awaitable[tuple[int | None, set[tuple]]]] | None = None,
                         start_ns: int | None = None) -> list[TargetWatcher]:
-    """Run a watcher per target until `stop`; returns them (for their views)."""
+    """Run a watcher per target until `stop`; returns them (for their views).
+
+    `resume(target)` gives the newest stored event time and the keys of the stored events
+    from RESUME_OVERLAP_NS before it (the watcher replays that much).
+    """
     watchers = []
     for target in targets:
         last, seen = (await resume(target.name)) if resume is not None else (None, set())
