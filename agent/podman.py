@@ -836,6 +836,57 @@ def split_glued_log_line(line: str, names: Iterable[str]) -> list[str]:
     return pieces
 
 
+_SINGLE_GLUE_RE = re.compile(rf"(?<=.)(?={_TIME_PATTERN} )", re.ASCII | re.DOTALL)
+
+
+class LogAssembler:
+    """Turns `podman logs --timestamps` output lines into whole log records.
+
+    A write that conmon split at a buffer boundary is stored as partial records, and
+    podman prints each partial record without a newline, glued to whatever record comes
+    next (in multi mode possibly another container's). The assembler keeps each
+    container's partial text until its record completes, then yields the line the
+    process wrote, stamped with the time of its first part. In single mode a glue is
+    told by an inner `TIME ` with podman's nine-digit fraction; text that itself holds
+    such a timestamp followed by a space is taken for a glue (rare; its parts are
+    still rejoined, minus that timestamp).
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.single = self.names[0] if len(self.names) == 1 else None
+        self._pending: dict[str, tuple[int, str]] = {}
+
+    def feed(self, raw: str) -> list[LogLine | ParseError]:
+        """Whole records completed by one output line (partial ones are held back)."""
+        if self.single is not None:
+            pieces = _SINGLE_GLUE_RE.split(raw)
+        else:
+            pieces = split_glued_log_line(raw, self.names)
+        out: list[LogLine | ParseError] = []
+        last = len(pieces) - 1
+        for index, piece in enumerate(pieces):
+            parsed = parse_log_line(piece, container=self.single, names=self.names)
+            if isinstance(parsed, ParseError):
+                out.append(parsed)
+                continue
+            held = self._pending.pop(parsed.container, None)
+            if held is not None:
+                parsed = LogLine(parsed.container, held[0], held[1] + parsed.text)
+            if index < last:
+                # printed without a newline: the rest of this record comes later
+                self._pending[parsed.container] = (parsed.at_ns, parsed.text)
+            else:
+                out.append(parsed)
+        return out
+
+    def flush(self) -> list[LogLine]:
+        """Partial records still held when the output ended, as they are."""
+        held = [LogLine(name, at_ns, text) for name, (at_ns, text) in self._pending.items()]
+        self._pending.clear()
+        return held
+
+
 # ---------------------------------------------------------------- version / info
 
 

@@ -72,8 +72,12 @@ async def open_session(config: Config, targets: list[TargetConfig], db_path: str
             # the watcher resumes RESUME_OVERLAP_NS before `last`: know what it will replay
             seen = (await store.event_keys_since(target.name, last - RESUME_OVERLAP_NS)
                     if last is not None else set())
+            last_log = await store.last_log_ns(target.name)
+            seen_logs = (await store.log_keys_since(target.name, last_log - RESUME_OVERLAP_NS)
+                         if last_log is not None else set())
             session.watchers.append(TargetWatcher(target, config, sink, start_ns=session.started_ns,
-                                                  last_event_ns=last, seen_events=seen))
+                                                  last_event_ns=last, seen_events=seen,
+                                                  last_log_ns=last_log, seen_logs=seen_logs))
         verdict: str | None = None
         try:
             yield session

@@ -95,6 +95,15 @@ class Sink:
     on_change: list[ChangeCallback] = field(default_factory=list)
     on_observation: list[ObsCallback] = field(default_factory=list)
 
+    def redact(self, text: str) -> str:
+        """`text` as the store will keep it (so live and stored lines compare equal)."""
+        return self.store.redactor.text(text) if self.store is not None else text  # type: ignore[attr-defined]
+
+    async def backpressure(self) -> None:
+        """Wait for the store when a flood has queued more than it should hold in memory."""
+        if self.store is not None and self.store.pending > 20_000:  # type: ignore[attr-defined]
+            await self.store.flush()  # type: ignore[attr-defined]
+
     def put(self, obs: Observation) -> list[StateChange]:
         """Record one observation, feed it to the machines, and pass on the changes."""
         obs_id = self.store.add(obs, self.run_id) if self.store is not None else None  # type: ignore[attr-defined]
@@ -114,7 +123,8 @@ class TargetWatcher:
 
     def __init__(self, target: TargetConfig, config: Config, sink: Sink, *,
                  start_ns: int | None = None, last_event_ns: int | None = None,
-                 seen_events: set[tuple] | None = None) -> None:
+                 seen_events: set[tuple] | None = None, last_log_ns: int | None = None,
+                 seen_logs: set[tuple] | None = None) -> None:
         self.target = target
         self.config = config
         self.sink = sink
@@ -125,11 +135,16 @@ class TargetWatcher:
         self._watch = config.watch
         self._start_ns = start_ns if start_ns is not None else time.time_ns()
         self._last_event_ns = last_event_ns
-        self._last_log_ns: int | None = None
-        self._seen_events = RecentKeys()
-        for key in seen_events or ():
+        self._last_log_ns: int | None = last_log_ns
+        seen_events = seen_events or set()
+        seen_logs = seen_logs or set()
+        # sized so that the keys seeded from the store are never evicted before use
+        self._seen_events = RecentKeys(200_000 + len(seen_events))
+        for key in seen_events:
             self._seen_events.add(key)
-        self._seen_logs = RecentKeys(50_000)
+        self._seen_logs = RecentKeys(50_000 + len(seen_logs))
+        for key in seen_logs:
+            self._seen_logs.add(key)
         self._matchers = {
             name: LogMatcher(config.error_patterns(name), c.log_ignore)
             for name, c in config.containers.items()
@@ -239,6 +254,7 @@ class TargetWatcher:
         async with transport.stream(argv) as lines:
             async for line in lines:
                 self._on_event_line(line)
+                await self.sink.backpressure()
             status = lines.exit_status
         raise LinkLost(f"podman events ended (exit {status}){' during backfill' if backfill else ''}: {lines.stderr[-200:]}")
 
@@ -277,7 +293,12 @@ class TargetWatcher:
                 self._log_restart.clear()
                 await self._log_restart.wait()
                 continue
-            since = self._last_log_ns if self._last_log_ns is not None else self._start_ns
+            # resume a little early (lines of several containers interleave out of time
+            # order); the seen keys drop what was already stored
+            if self._last_log_ns is not None:
+                since = self._last_log_ns - RESUME_OVERLAP_NS
+            else:
+                since = self._start_ns
             # a restarted container drops out of `logs -f`: each start restarts the follow
             argv = podman.logs_cmd(self._podman, names, since_ns=since - 1, follow=True, timestamps=True)
             # container stderr comes out on podman's stderr: merge, so no line is lost
@@ -302,21 +323,23 @@ class TargetWatcher:
                 await asyncio.sleep(0.5)  # let podman settle the new container's log file
 
     async def _read_logs(self, lines: object, names: list[str]) -> None:
-        single = names[0] if len(names) == 1 else None
-        async for raw in lines:  # type: ignore[attr-defined]
-            pieces = [raw] if single else podman.split_glued_log_line(raw, names)
-            for line in pieces:
-                self._on_log_line(line, single, names)
+        assembler = podman.LogAssembler(names)
+        try:
+            async for raw in lines:  # type: ignore[attr-defined]
+                for parsed in assembler.feed(raw):
+                    self._on_log_line(parsed)
+                await self.sink.backpressure()
+        finally:
+            for parsed in assembler.flush():
+                self._on_log_line(parsed)
 
-    def _on_log_line(self, line: str, single: str | None, names: list[str]) -> None:
-        if not line:
-            return
-        parsed = podman.parse_log_line(line, container=single, names=names)
+    def _on_log_line(self, parsed: "podman.LogLine | podman.ParseError") -> None:
         if isinstance(parsed, podman.ParseError):
-            self.view.parse_errors += 1
+            if parsed.excerpt.strip():
+                self.view.parse_errors += 1
             return
         container, at_ns, text = parsed
-        if not self._seen_logs.add((container, at_ns, text)):
+        if not self._seen_logs.add((container, at_ns, self.sink.redact(text))):
             return
         if self._last_log_ns is None or at_ns > self._last_log_ns:
             self._last_log_ns = at_ns

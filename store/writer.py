@@ -564,6 +564,25 @@ class StoreWriter:
                 "WHERE kind = 'event' AND target = ? ORDER BY at_ns DESC LIMIT 1", (target,))
         return rows[0][0] if rows else None
 
+    async def last_log_ns(self, target: str) -> int | None:
+        """The newest stored log line time of `target` (queued ones included), None without any."""
+        await self.flush()
+        async with self._conn_lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT at_ns FROM observations INDEXED BY observations_kind_at "
+                "WHERE kind = 'log' AND target = ? ORDER BY at_ns DESC LIMIT 1", (target,))
+        return rows[0][0] if rows else None
+
+    async def log_keys_since(self, target: str, since_ns: int) -> set[tuple[str, int, str]]:
+        """The (container, at_ns, line) of `target`'s log lines at or after `since_ns`."""
+        await self.flush()
+        async with self._conn_lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT container, at_ns, json_extract(data, '$.line') FROM observations "
+                "INDEXED BY observations_kind_at WHERE kind = 'log' AND at_ns >= ? AND target = ?",
+                (since_ns, target))
+        return {(container, at_ns, line) for container, at_ns, line in rows}
+
     async def event_keys_since(self, target: str, since_ns: int) -> set[tuple[str, str, int]]:
         """The (container_id, status, at_ns) of `target`'s events at or after `since_ns`."""
         await self.flush()

@@ -568,6 +568,15 @@ def test_sigkill_mid_ingest_leaves_a_sound_store(bed: testbed.TestbedStatus, ssh
     assert len(runs) == 2 and runs[0][1] is None, runs
     wait_for(lambda: read_db(db, "SELECT count(*) FROM observations WHERE run_id = ?", (runs[1][0],))[0][0] > 0,
              20, "the second run to store observations")
+
+    def flood_lines() -> tuple[int, int]:
+        return read_db(db, "SELECT count(*), count(DISTINCT json_extract(data, '$.line')) FROM observations "
+                           "WHERE kind = 'log' AND container = ? AND json_extract(data, '$.line') LIKE 'flood line %'",
+                       (NODE_UI,))[0]
+
+    # the second run resumes the log follow where the first one's store ends: every line, once
+    wait_for(lambda: flood_lines()[1] >= FLOOD_LINES, 120, "the second run to backfill the flood")
+    assert flood_lines() == (FLOOD_LINES, FLOOD_LINES)
     code = second.terminate()
     assert code == 0, f"agent exit {code}: {second.stderr()}"
     assert integrity(db) == [("ok",)]
