@@ -183,6 +183,8 @@ Probe = Annotated[
 ]
 
 DEFAULT_ERROR_PATTERNS = [r"(?i)\b(error|fail(ed|ure)?|panic|fatal|crash|unable|refused|timeout|permission denied)\b"]
+# Words one of which every match of DEFAULT_ERROR_PATTERNS contains (lower-cased): a cheap prefilter.
+DEFAULT_ERROR_WORDS = ("error", "fail", "panic", "fatal", "crash", "unable", "refused", "timeout", "permission denied")
 
 
 # ---------------------------------------------------------------- containers and services
@@ -260,7 +262,7 @@ class WatchConfig(_Strict):
     run_healthchecks: Literal["auto", "always", "never"] = "auto"
     backoff_initial: Duration = 1.0
     backoff_max: Duration = 30.0
-    flush_interval: Duration = 0.2
+    flush_interval: Duration = 0.1
 
 
 class SoakConfig(_Strict):

@@ -41,6 +41,7 @@ containers/podman's `cmd/podman/system/events.go`, `libpod/events/events.go`,
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -820,11 +821,11 @@ def split_glued_log_line(line: str, names: Iterable[str]) -> list[str]:
     record right after it: `a TIME partialb TIME next`. Only names we asked for, followed
     by a timestamp, count as a record start, so ordinary text is left alone.
     """
-    wanted = sorted({n for n in ([names] if isinstance(names, str) else names)
-                     if CONTAINER_NAME_RE.fullmatch(n)}, key=len, reverse=True)
-    if not wanted or not isinstance(line, str):
+    if not isinstance(line, str):
         return [line]
-    start = re.compile(rf"(?:{'|'.join(re.escape(n) for n in wanted)}) {_TIME_PATTERN}(?: |$)", re.ASCII)
+    start = _glue_pattern(tuple([names] if isinstance(names, str) else names))
+    if start is None:
+        return [line]
     first = start.match(line)
     if first is None:
         return [line]
@@ -834,6 +835,16 @@ def split_glued_log_line(line: str, names: Iterable[str]) -> list[str]:
         begin, search_from = found.start(), found.end()
     pieces.append(line[begin:])
     return pieces
+
+
+@functools.lru_cache(maxsize=64)
+def _glue_pattern(names: tuple[str, ...]) -> re.Pattern[str] | None:
+    # built once per set of names: rebuilding it per line was a third of ingest time
+    wanted = sorted({n for n in names if isinstance(n, str) and CONTAINER_NAME_RE.fullmatch(n)},
+                    key=len, reverse=True)
+    if not wanted:
+        return None
+    return re.compile(rf"(?:{'|'.join(re.escape(n) for n in wanted)}) {_TIME_PATTERN}(?: |$)", re.ASCII)
 
 
 _SINGLE_GLUE_RE = re.compile(rf"(?<=.)(?={_TIME_PATTERN} )", re.ASCII | re.DOTALL)

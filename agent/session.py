@@ -59,7 +59,7 @@ class Session:
 async def open_session(config: Config, targets: list[TargetConfig], db_path: str, command: str
                        ) -> AsyncIterator[Session]:
     """Open the store, start a run and build the machines; always flushes and closes the store."""
-    store = await StoreWriter.open(db_path, config.redaction.patterns)
+    store = await StoreWriter.open(db_path, config.redaction.patterns, flush_interval=config.watch.flush_interval)
     try:
         run_id = await store.start_run(command, [t.name for t in targets],
                                        json.loads(config.model_dump_json(exclude={"path"})))

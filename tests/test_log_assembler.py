@@ -63,3 +63,23 @@ def test_the_measured_podman_43_output():
            "pwt-p 2026-11-27T11:01:31.820022238Z part-two"]
     got = [r for line in raw for r in assembler.feed(line)]
     assert [(r.container, r.text) for r in got] == [("pwt-q", "q-line"), ("pwt-p", "part-one part-two")]
+
+
+# ---------------------------------------------------------------- error-line matching
+
+from hypothesis import example  # noqa: E402
+
+from agent.config import DEFAULT_ERROR_PATTERNS  # noqa: E402
+from agent.watcher import LogMatcher  # noqa: E402
+
+
+
+@given(st.text(alphabet=st.sampled_from("abcdefilnoprstuyERFAILCDſK \t:-é"), max_size=60)
+       | st.sampled_from(["ERROR: x", "unable to connect", "craſh", "FAILED", "permission  denied",
+                          "Permission denied", "timeouts", "no problem here"]))
+@example("craſh happened")
+def test_the_default_pattern_prefilter_never_changes_the_answer(line):
+    fast = LogMatcher(DEFAULT_ERROR_PATTERNS, ["ignore-me"])
+    slow = LogMatcher(list(DEFAULT_ERROR_PATTERNS) + ["(?!)"], ["ignore-me"])  # no prefilter
+    assert slow._words is None and fast._words is not None
+    assert fast.is_error(line) == slow.is_error(line)
