@@ -415,30 +415,46 @@ def testbed_faults(as_json: bool) -> int:
 @click.option("--fault", "faults", multiple=True, metavar="NAME", help="Bring the testbed up with this fault.")
 @common_options
 def demo(opts: Options, faults: tuple[str, ...]) -> int:
-    """Bring the testbed up on the target and show its status.
+    """Bring the testbed up on the target, run the baseline check against it, show its status.
+
+    The check's probes and findings are stored in the --db store (default podwarden.db).
 
     \b
     Example:
       podwarden demo
+      podwarden demo --fault indexer-lock-permission --fault health-needs-credentials
+    Exit 0 (the check's verdict is printed, not returned).
     """
     from agent import testbed as tb
+    from agent.check import render_table, run_check
     from agent.status import gather_status
+    from store import StoreWriter
 
     config = opts.load_config()
     target = opts.target_for(config)
+    db = opts.db_path(config)
 
     async def go() -> int:
-        async with make_transport(target) as transport:
-            progress(f"testbed up on {transport.name}")
-            await tb.up(transport, config.testbed, faults, progress=progress)
-            node = await gather_status(transport, config, target.podman)
+        store = await StoreWriter.open(db, config.redaction.patterns)
+        try:
+            run_id = await store.start_run("demo", [target.name],
+                                           json.loads(config.model_dump_json(exclude={"path"})))
+            async with make_transport(target) as transport:
+                progress(f"testbed up on {transport.name}" + (f" with faults {', '.join(faults)}" if faults else ""))
+                await tb.up(transport, config.testbed, faults, progress=progress)
+                progress("baseline check")
+                report = await run_check(transport, config, target, store=store, run_id=run_id, progress=progress)
+                node = await gather_status(transport, config, target.podman)
+            await store.end_run(run_id, report.verdict)
+        finally:
+            await asyncio.shield(store.close())
         if opts.json:
-            print_json({"status": node.to_json()})
+            print_json({"verdict": report.verdict, "run_id": run_id, "db": db,
+                        "check": report.to_json(), "status": node.to_json()})
         else:
-            for c in node.containers:
-                out.print(f"{c.name:<20} {c.state:<9} {c.health or '-':<10} restarts={c.restarts}")
-            for s in node.services:
-                out.print(f"{s.name:<20} health={s.health}")
+            out.print(render_table(report))
+            out.print(f"stored as run {run_id} in {db}; next: `podwarden watch` and, in another terminal, "
+                      f"kill a container's main process to see it recover")
         return EXIT_OK
 
     return run_async(go())

@@ -175,3 +175,20 @@ def test_watch_several_targets_at_once(sshd, root_node, tmp_path):
             final[(l["target"], l["container"])] = l["to"]
     assert final[("rootnode", "tbs-node")] in ("running", "healthy", "starting")
     assert final[("rootlessnode", "tbs-node")] == "missing"
+
+
+def test_demo_brings_the_testbed_up_and_checks_it(tmp_path):
+    """The README's main job, on local podman (what scripts/demo.sh runs after set-up)."""
+    config = tmp_path / "config.toml"
+    config.write_text(example_config(prefix="tbd-", port_base=26330))
+    db = tmp_path / "demo.db"
+    try:
+        result = podwarden(["demo", "--json", "--config", str(config), "--db", str(db)], timeout=300)
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        assert document["verdict"] == "pass", document["check"]["findings"]
+        names = {c["name"] for c in document["status"]["containers"] if c["expected"]}
+        assert names == {"tbd-" + role for role in STACK}
+        assert db.stat().st_mode & 0o777 == 0o600
+    finally:
+        podwarden(["testbed", "down", "--config", str(config)])
