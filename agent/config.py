@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError, UsageError
+from store.redact import DEFAULT_PATTERNS as DEFAULT_REDACTION_PATTERNS
 
 CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -55,6 +56,16 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
     return "".join(parts) or "0s"
+
+
+def validate_regexes(patterns: list[str] | None) -> list[str] | None:
+    """Return `patterns` if each compiles; raises ValueError naming the bad one."""
+    for pattern in patterns or []:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return patterns
 
 
 def validate_container_name(name: str) -> str:
@@ -213,15 +224,7 @@ class ContainerConfig(_Strict):
     restart_policies: list[str] | None = None
     healthcheck_interval: Duration | None = None
 
-    @field_validator("log_errors", "log_ignore")
-    @classmethod
-    def _regexes(cls, value: list[str] | None) -> list[str] | None:
-        for pattern in value or []:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
-        return value
+    _regexes = field_validator("log_errors", "log_ignore")(validate_regexes)
 
     @field_validator("policies")
     @classmethod
@@ -375,25 +378,10 @@ class RedactionConfig(_Strict):
     """Regexes whose matches are replaced before anything reaches the store."""
 
     patterns: list[str] = Field(
-        default_factory=lambda: [
-            r"(?i)(rpcpassword\s*[=:]\s*)\S+",
-            r"(?i)(rpcauth\s*[=:]\s*)\S+",
-            r"(?i)(authorization:\s*(?:bearer|basic)?\s*)\S+",
-            r"(?i)(macaroon[\"'=:\s]+)[0-9a-f]{32,}",
-            r"(?i)(grpc-metadata-macaroon:\s*)\S+",
-            r"(?i)(password\s*[=:]\s*)\S+",
-        ]
+        default_factory=lambda: list(DEFAULT_REDACTION_PATTERNS)
     )
 
-    @field_validator("patterns")
-    @classmethod
-    def _regexes(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
-        return value
+    _regexes = field_validator("patterns")(validate_regexes)
 
 
 class TestbedConfig(_Strict):

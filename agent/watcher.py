@@ -21,7 +21,7 @@ from loguru import logger
 
 from agent import podman
 from agent.config import DEFAULT_ERROR_PATTERNS, DEFAULT_ERROR_WORDS, Config, TargetConfig
-from agent.errors import PodwardenError, TargetUnreachable, TransportError
+from agent.errors import TargetUnreachable, TransportError
 from agent.transport import Transport, make_transport
 from machines.container import Fleet, StateChange
 from machines.observations import AgentObs, LogObs, Observation, ProbeObs, SnapshotObs

@@ -27,19 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machines.observations import EventObs, LogObs, ProbeObs, SnapshotObs  # noqa: E402
 from store import StoreWriter  # noqa: E402
-from store.redact import Redactor  # noqa: E402
+from store.redact import DEFAULT_PATTERNS, Redactor  # noqa: E402
 from store.schema import migrate  # noqa: E402
 from store.writer import _INSERT_OBS, _PRAGMAS, observation_row  # noqa: E402
 
-# The defaults of agent.config.RedactionConfig (copied: a bench should not need pydantic).
-PATTERNS = [
-    r"(?i)(rpcpassword\s*[=:]\s*)\S+",
-    r"(?i)(rpcauth\s*[=:]\s*)\S+",
-    r"(?i)(authorization:\s*(?:bearer|basic)?\s*)\S+",
-    r"(?i)(macaroon[\"'=:\s]+)[0-9a-f]{32,}",
-    r"(?i)(grpc-metadata-macaroon:\s*)\S+",
-    r"(?i)(password\s*[=:]\s*)\S+",
-]
+# the default redaction patterns (what agent.config.RedactionConfig uses)
+PATTERNS = list(DEFAULT_PATTERNS)
 BATCH = 1000
 
 

@@ -23,6 +23,17 @@ from typing import Any, Iterable
 REDACTED = "[REDACTED]"
 
 
+# What podwarden redacts unless the config says otherwise (agent.config uses these).
+DEFAULT_PATTERNS = (
+    r"(?i)(rpcpassword\s*[=:]\s*)\S+",
+    r"(?i)(rpcauth\s*[=:]\s*)\S+",
+    r"(?i)(authorization:\s*(?:bearer|basic)?\s*)\S+",
+    r"(?i)(macaroon[\"'=:\s]+)[0-9a-f]{32,}",
+    r"(?i)(grpc-metadata-macaroon:\s*)\S+",
+    r"(?i)(password\s*[=:]\s*)\S+",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     regex: re.Pattern[str]

@@ -9,7 +9,6 @@ import click
 import pytest
 
 from agent.cli import cli, main
-from tests.conftest import ssh_target
 from tests.sshd import free_port, make_sshd
 
 

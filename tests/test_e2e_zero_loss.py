@@ -34,6 +34,7 @@ from agent import podman, testbed
 from agent.config import TargetConfig, TestbedConfig
 from agent.transport import make_transport
 from machines.observations import EventObs
+from tests.waiting import wait_for
 from tests.conftest import ssh_target
 from tests.sshd import SshServer
 
@@ -61,17 +62,6 @@ LOCK_WAIT_S = 300.0
 def sh(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll `predicate` until it returns something true; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def inspect(name: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from machines.observations import ActionObs, AgentObs, EventObs, LogObs, ProbeObs, SnapshotObs
+from store.redact import DEFAULT_PATTERNS
 from store import (
     LATEST_VERSION,
     NoRun,
@@ -25,15 +26,8 @@ from store import (
     StoreWriter,
 )
 
-# agent.config.RedactionConfig's defaults, plus a bare 64-hex pattern as a user might add.
-PATTERNS = [
-    r"(?i)(rpcpassword\s*[=:]\s*)\S+",
-    r"(?i)(rpcauth\s*[=:]\s*)\S+",
-    r"(?i)(authorization:\s*(?:bearer|basic)?\s*)\S+",
-    r"(?i)(macaroon[\"'=:\s]+)[0-9a-f]{32,}",
-    r"(?i)(grpc-metadata-macaroon:\s*)\S+",
-    r"(?i)(password\s*[=:]\s*)\S+",
-]
+# the default redaction patterns (what agent.config.RedactionConfig uses)
+PATTERNS = list(DEFAULT_PATTERNS)
 BASE = 1_714_564_800_000_000_000
 CID = "a" * 64
 

@@ -19,6 +19,7 @@ from machines.observations import (
     SnapshotObs,
     obs_to_json,
 )
+from store.redact import DEFAULT_PATTERNS
 from store import Redactor, StoreReader, StoreWriter
 from store.writer import observation_row
 
@@ -104,14 +105,7 @@ def test_stored_data_is_what_obs_to_json_writes(obs) -> None:
     assert observation_row(obs, 1, None, Redactor())[-1] == obs_to_json(obs)
 
 
-CONFIG_PATTERNS = [
-    r"(?i)(rpcpassword\s*[=:]\s*)\S+",
-    r"(?i)(rpcauth\s*[=:]\s*)\S+",
-    r"(?i)(authorization:\s*(?:bearer|basic)?\s*)\S+",
-    r"(?i)(macaroon[\"'=:\s]+)[0-9a-f]{32,}",
-    r"(?i)(grpc-metadata-macaroon:\s*)\S+",
-    r"(?i)(password\s*[=:]\s*)\S+",
-]
+CONFIG_PATTERNS = list(DEFAULT_PATTERNS)
 # Characters that IGNORECASE matches with an ASCII letter although str.lower() differs.
 _ODD_CASE = {"s": ["\u017f"], "k": ["\u212a"], "i": ["\u0130", "\u0131"]}
 

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import pytest
 
+from tests.waiting import wait_for
+
 from agent import testbed
 from agent.config import TargetConfig, TestbedConfig, config_from_dict
 from agent.errors import TestbedError
@@ -49,16 +51,6 @@ def logs(suffix: str) -> str:
     result = sh("podman", "logs", NAMES[suffix])
     return result.stdout + result.stderr
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def holds_for(predicate: Callable[[], Any], duration: float, what: str, interval: float = 0.25) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from agent.errors import CommandTimeout, TargetUnreachable
-from agent.transport import LocalTransport, SshTransport, http_get, make_transport
+from agent.transport import http_get, make_transport
 from agent.config import TargetConfig
 from tests.conftest import ssh_target
 from tests.sshd import free_port, make_sshd
