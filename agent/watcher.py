@@ -471,21 +471,3 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
         return True
     except (asyncio.TimeoutError, TimeoutError):
         return False
-
-
-async def watch_targets(targets: list[TargetConfig], config: Config, sink: Sink, stop: asyncio.Event,
-                        resume: Callable[[str], Awaitable[tuple[int | None, set[tuple]]]] | None = None,
-                        start_ns: int | None = None) -> list[TargetWatcher]:
-    """Run a watcher per target until `stop`; returns them (for their views).
-
-    `resume(target)` gives the newest stored event time and the keys of the stored events
-    from RESUME_OVERLAP_NS before it (the watcher replays that much).
-    """
-    watchers = []
-    for target in targets:
-        last, seen = (await resume(target.name)) if resume is not None else (None, set())
-        watchers.append(TargetWatcher(target, config, sink, start_ns=start_ns, last_event_ns=last, seen_events=seen))
-    async with asyncio.TaskGroup() as group:
-        for watcher in watchers:
-            group.create_task(watcher.run(stop), name=f"watch {watcher.name}")
-    return watchers
