@@ -15,7 +15,7 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
+from typing import Callable, Iterable
 
 from loguru import logger
 
