@@ -36,21 +36,9 @@ NODE_UI, LIGHTNING_UI, INDEXER_UI = NAMES["node-ui"], NAMES["lightning-ui"], NAM
 BACKEND = f"{PREFIX}backend"
 TESTBED = TestbedConfig(prefix=PREFIX, port_base=PORT_BASE, late_unhealthy_after=LATE_AFTER)
 
-# A config rule for what no generic check can see: a host service without a supervisor.
-BACKEND_RULE = f'''
-[[rules]]
-name = "backend-unsupervised"
-severity = "warning"
-containers = ["{BACKEND}"]
-match = {{ probe = "active", probe_output = "supervisor=-", probe_failed = false }}
-message = "{{container}} runs without a supervisor: {{probe_detail}}"
-cause = "nothing restarts the backend when it dies (the seed's backend is a systemd unit)"
-fix = "run it under systemd (Restart=always) or another supervisor"
-'''
-
-
 def config():
-    text = testbed.example_config(prefix=PREFIX, port_base=PORT_BASE) + BACKEND_RULE
+    # the example config carries the backend-unsupervised rule (a config-defined rule)
+    text = testbed.example_config(prefix=PREFIX, port_base=PORT_BASE)
     return config_from_dict(tomllib.loads(text), "tbc-config.toml")
 
 
