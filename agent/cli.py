@@ -16,7 +16,15 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.config import Config, TargetConfig, config_from_dict, load_config, resolve_target
-from agent.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PodwardenError, UsageError
+from agent.errors import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    PodwardenError,
+    TargetUnreachable,
+    TransportError,
+    UsageError,
+)
 from agent.log import setup_logging
 from agent.transport import Transport, make_transport
 
@@ -138,7 +146,11 @@ def status(opts: Options) -> int:
 
     async def go() -> int:
         async with make_transport(target) as transport:
-            node = await gather_status(transport, config, target.podman)
+            try:
+                node = await gather_status(transport, config, target.podman)
+            except TransportError as exc:
+                lost = "link lost" if not transport.connected else "podman did not answer"
+                raise TargetUnreachable(target.name, f"{lost}: {exc.reason}") from None
         if opts.json:
             print_json(node.to_json())
             return EXIT_OK
@@ -148,7 +160,7 @@ def status(opts: Options) -> int:
             table.add_column(column)
         for c in node.containers:
             style = "red" if c.state in ("missing", "exited") or c.health == "unhealthy" else ""
-            table.add_row(c.name + ("" if c.expected else " [dim](unexpected)[/dim]"), c.role,
+            table.add_row(Text.assemble(c.name, (" (unexpected)" if not c.expected else "", "dim")), Text(c.role),
                           c.state, c.health or "-", str(c.restarts), c.restart_policy or "-",
                           _memory(c.memory), Text(c.image or "-"), Text(", ".join(c.ports) or "-"), style=style)
         out.print(table)
@@ -214,14 +226,14 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
         try:
             async with open_session(config, targets, db, "watch") as session:
                 if not opts.json:
-                    err.print(f"recording run {session.run_id} into {db}")
+                    err.print(f"recording run {session.run_id} into {db}", markup=False)
                 await record(session, stop, seconds, dashboard=not (opts.json or no_dashboard),
                              json_lines=opts.json, console=out)
                 count = len(session.changes)
         finally:
             undo()
         if not opts.json:
-            err.print(f"stopped: {count} state changes stored in {db}")
+            err.print(f"stopped: {count} state changes stored in {db}", markup=False)
         return EXIT_OK
 
     return run_async(go())
@@ -246,7 +258,6 @@ def check(opts: Options, all_targets: bool, no_store: bool) -> int:
     Exit 0 when everything passes, 1 when anything fails, 3 when unreachable.
     """
     from agent.check import render_table, run_check
-    from agent.errors import TargetUnreachable, TransportError
 
     config = opts.load_config()
     targets = _targets(opts, config, all_targets)
@@ -288,7 +299,7 @@ def check(opts: Options, all_targets: bool, no_store: bool) -> int:
             if len(reports) > 1:
                 out.print(f"verdict: [bold {'green' if verdict == 'pass' else 'red'}]{verdict}[/]")
             if run_id is not None:
-                err.print(f"stored as run {run_id} in {db}")
+                err.print(f"stored as run {run_id} in {db}", markup=False)
         return EXIT_OK if verdict == "pass" else EXIT_FAIL
 
     return run_async(go())
@@ -443,8 +454,12 @@ def demo(opts: Options, faults: tuple[str, ...]) -> int:
                 progress(f"testbed up on {transport.name}" + (f" with faults {', '.join(faults)}" if faults else ""))
                 await tb.up(transport, config.testbed, faults, progress=progress)
                 progress("baseline check")
-                report = await run_check(transport, config, target, store=store, run_id=run_id, progress=progress)
-                node = await gather_status(transport, config, target.podman)
+                try:
+                    report = await run_check(transport, config, target, store=store, run_id=run_id,
+                                             progress=progress)
+                    node = await gather_status(transport, config, target.podman)
+                except TransportError as exc:
+                    raise TargetUnreachable(target.name, f"link lost: {exc.reason}") from None
             await store.end_run(run_id, report.verdict)
         finally:
             await asyncio.shield(store.close())
@@ -454,13 +469,30 @@ def demo(opts: Options, faults: tuple[str, ...]) -> int:
         else:
             out.print(render_table(report))
             out.print(f"stored as run {run_id} in {db}; next: `podwarden watch` and, in another terminal, "
-                      f"kill a container's main process to see it recover")
+                      f"kill a container's main process to see it recover", markup=False)
         return EXIT_OK
 
     return run_async(go())
 
 
 # ---------------------------------------------------------------- entry point
+
+def _report(exc: PodwardenError) -> int:
+    # one plain line, never wrapped: scripts and people grep it
+    sys.stderr.write(f"podwarden: error: {exc.message}\n")
+    return exc.exit_code
+
+
+def _first_podwarden_error(group: BaseExceptionGroup) -> PodwardenError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, PodwardenError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_podwarden_error(exc)
+            if found is not None:
+                return found
+    return None
+
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the CLI and map errors to exit codes (2 usage, 3 unreachable)."""
@@ -475,10 +507,14 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return 130
     except PodwardenError as exc:
-        # one plain line, never wrapped: scripts and people grep it
-        sys.stderr.write(f"podwarden: error: {exc.message}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
+        return _report(exc)
+    except BaseExceptionGroup as group:
+        # a failure inside a task group (a watcher, the store) arrives wrapped
+        leaf = _first_podwarden_error(group)
+        if leaf is None:
+            raise
+        return _report(leaf)
+    except (KeyboardInterrupt, asyncio.CancelledError):
         err.print("interrupted")
         return 130
     return result if isinstance(result, int) else EXIT_OK

@@ -97,8 +97,9 @@ class TargetConfig(_Strict):
     known_hosts: str | None = None
     insecure_skip_host_key_check: bool = False
     podman: list[str] = Field(default_factory=lambda: ["podman"])
-    connect_timeout: Duration = 10.0
-    keepalive_interval: Duration = 10.0
+    connect_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    # zero would turn dead-link detection off: DESIGN wants keepalives on
+    keepalive_interval: Annotated[Duration, Field(gt=0)] = 10.0
     keepalive_count_max: int = Field(default=3, ge=1)
     max_channels: int = Field(default=8, ge=1, le=64)
 
@@ -260,12 +261,12 @@ class MachineConfig(_Strict):
 class WatchConfig(_Strict):
     """How the watcher polls, runs health checks and reconnects."""
 
-    reconcile_interval: Duration = 30.0
-    healthcheck_interval: Duration = 30.0
+    reconcile_interval: Annotated[Duration, Field(gt=0)] = 30.0
+    healthcheck_interval: Annotated[Duration, Field(gt=0)] = 30.0
     run_healthchecks: Literal["auto", "always", "never"] = "auto"
-    backoff_initial: Duration = 1.0
-    backoff_max: Duration = 30.0
-    flush_interval: Duration = 0.1
+    backoff_initial: Annotated[Duration, Field(gt=0)] = 1.0
+    backoff_max: Annotated[Duration, Field(gt=0)] = 30.0
+    flush_interval: Annotated[Duration, Field(gt=0)] = 0.1
 
 
 class SoakConfig(_Strict):
@@ -395,6 +396,15 @@ class TestbedConfig(_Strict):
     late_unhealthy_after: Duration = 90.0
 
 
+class DefaultsConfig(_Strict):
+    """What every container gets unless it sets its own."""
+
+    log_errors: list[str] | None = None
+    restart_policies: list[str] | None = None
+
+    _regexes = field_validator("log_errors")(validate_regexes)
+
+
 class GeneralConfig(_Strict):
     """Top-level settings."""
 
@@ -410,7 +420,7 @@ class Config(_Strict):
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     containers: dict[str, ContainerConfig] = Field(default_factory=dict)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
-    defaults: dict[str, Any] = Field(default_factory=dict)
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     machine: MachineConfig = Field(default_factory=MachineConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     soak: SoakConfig = Field(default_factory=SoakConfig)
@@ -457,17 +467,16 @@ class Config(_Strict):
         own = self.containers[container].log_errors if container in self.containers else None
         if own is not None:
             return own
-        return list(self.defaults.get("log_errors", DEFAULT_ERROR_PATTERNS))
+        return list(self.defaults.log_errors if self.defaults.log_errors is not None else DEFAULT_ERROR_PATTERNS)
 
     def restart_policies(self, container: str) -> list[str]:
         """The restart policies a container may have."""
         own = self.containers[container].restart_policies if container in self.containers else None
         if own is not None:
             return own
-        return list(self.defaults.get("restart_policies", ["always", "unless-stopped"]))
-
-
-_DEFAULT_KEYS = {"log_errors", "restart_policies"}
+        if self.defaults.restart_policies is not None:
+            return list(self.defaults.restart_policies)
+        return ["always", "unless-stopped"]
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -504,11 +513,6 @@ def _explain(error: dict[str, Any], model: type[BaseModel] | None = None) -> tup
 
 def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     """Validate an already parsed config; raises ConfigError."""
-    defaults = data.get("defaults", {})
-    if isinstance(defaults, dict):
-        for key in defaults:
-            if key not in _DEFAULT_KEYS:
-                raise ConfigError(path, f"defaults.{key}", f"unknown key: known keys are {', '.join(sorted(_DEFAULT_KEYS))}")
     try:
         config = Config.model_validate({**data, "path": path})
     except ValidationError as exc:

@@ -90,12 +90,20 @@ async def open_session(config: Config, targets: list[TargetConfig], db_path: str
 
 
 def install_stop_signals(stop: asyncio.Event) -> Callable[[], None]:
-    """SIGINT and SIGTERM set `stop` (a clean, flushed stop); returns an undo function."""
+    """SIGINT and SIGTERM set `stop` (a clean, flushed stop), a second one cancels; returns an undo."""
     loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
     installed = []
+
+    def on_signal() -> None:
+        if stop.is_set() and main_task is not None:
+            # a second Ctrl-C: the clean stop is stuck (a frozen node), cut it short
+            main_task.cancel()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):
             pass

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import asyncssh
 
 from agent import podman
 from agent.config import Config, ServiceConfig
@@ -73,11 +76,15 @@ async def node_info(transport: Transport, config_podman: list[str]) -> podman.No
     return None if isinstance(info, podman.ParseError) else info
 
 
-async def inspect_all(transport: Transport, podman_cmd: list[str], at_ns: int | None = None
-                      ) -> tuple[list[podman.InspectFacts], list[str]]:
-    """Inspect every container on the node; returns facts and problems met on the way."""
+async def inspect_all(transport: Transport, podman_cmd: list[str],
+                      clock: "Callable[[], int]" = time.time_ns) -> tuple[list[podman.InspectFacts], list[str]]:
+    """Inspect every container on the node; returns facts and problems met on the way.
+
+    Non-empty problems mean podman could not be asked: the facts are then not a picture
+    of the node (an empty list is not "no containers"). Facts are stamped with `clock()`
+    after inspect answered, so they are never older than events podman wrote meanwhile.
+    """
     problems: list[str] = []
-    at_ns = at_ns if at_ns is not None else time.time_ns()
     ps = await transport.run(podman.ps_cmd(podman_cmd), timeout=60)
     if not ps.ok:
         return [], [f"podman ps failed ({ps.exit_status}): {ps.stderr.strip()[-300:]}"]
@@ -88,7 +95,8 @@ async def inspect_all(transport: Transport, podman_cmd: list[str], at_ns: int | 
     if not names:
         return [], problems
     inspected = await transport.run(podman.inspect_cmd(podman_cmd, names), timeout=60)
-    facts = podman.parse_inspect(inspected.stdout, transport.name, at_ns)
+    # a name removed between ps and inspect makes inspect exit 125 but print the others
+    facts = podman.parse_inspect(inspected.stdout, transport.name, clock())
     if isinstance(facts, podman.ParseError):
         return [], [f"cannot read podman inspect: {facts.reason}"]
     return facts, problems
@@ -107,6 +115,11 @@ async def service_status(transport: Transport, service: ServiceConfig) -> Servic
         except CommandTimeout:
             active = False
             details.append("status command timed out")
+        except TransportError as exc:
+            if not transport.connected:
+                raise
+            active = False
+            details.append(f"status command could not run: {exc.reason}")
     health = "n/a"
     if service.health_url:
         try:
@@ -118,7 +131,9 @@ async def service_status(transport: Transport, service: ServiceConfig) -> Servic
                     health = f"status {body['status']}"
             except ValueError:
                 pass
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, ValueError, asyncssh.Error) as exc:
+            if not transport.connected:
+                raise TransportError(transport.name, ["GET", service.health_url], f"link lost: {exc}") from None
             health = "down"
             details.append(f"{service.health_url}: {exc or type(exc).__name__}")
     return ServiceStatus(service.name, active, health, "; ".join(details))
@@ -140,8 +155,10 @@ async def gather_status(transport: Transport, config: Config, podman_cmd: list[s
         expected = config.containers.get(name)
         fact = by_name.get(name)
         if fact is None:
+            # when podman could not be asked, absence proves nothing
+            state = "unknown" if problems else "missing"
             status.containers.append(ContainerStatus(
-                name, True, expected.role if expected else "", "missing", None, 0, "", 0, "", []))
+                name, True, expected.role if expected else "", state, None, 0, "", 0, "", []))
             continue
         status.containers.append(ContainerStatus(
             name=name, expected=expected is not None, role=expected.role if expected else "",

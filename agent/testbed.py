@@ -708,7 +708,12 @@ async def _teardown(session: _Session, progress: Callable[[str], None],
     listed = await session.podman_run("ps", "-a", "--filter", f"label={TESTBED_LABEL}={cfg.prefix}",
                                       "--format", "{{.Names}}")
     names = sorted(set(container_names(cfg.prefix).values()) | set(listed.stdout.split()))
-    result = await session.podman_run("rm", "--force", "--ignore", "--time", "0", *names, timeout=120)
+    for attempt in range(3):
+        result = await session.podman_run("rm", "--force", "--ignore", "--time", "0", *names, timeout=120)
+        if result.ok:
+            break
+        # a crash-looping container being restarted by podman can refuse removal for a moment
+        await asyncio.sleep(0.5 * (attempt + 1))
     if not result.ok:
         raise TestbedError(f"cannot remove testbed containers on {session.transport.name}: {result.stderr.strip()}")
     removed = [line for line in result.stdout.split() if line]

@@ -400,6 +400,11 @@ class SshTransport(Transport):
             raise TargetUnreachable(self.name, f"connection refused on {where}: is sshd listening there?") from None
         except OSError as exc:
             raise TargetUnreachable(self.name, f"cannot connect to {where}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            # asyncssh's word for a known_hosts file it cannot read
+            raise TargetUnreachable(self.name, f"cannot read known_hosts {known_hosts}: {exc}") from None
+        except asyncssh.Error as exc:
+            raise TargetUnreachable(self.name, f"{where}: {exc}") from None
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

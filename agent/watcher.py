@@ -173,6 +173,7 @@ class TargetWatcher:
         """Watch until `stop` is set; operational failures are recorded, never raised."""
         backoff = self._watch.backoff_initial
         lost_at: int | None = None
+        last_reason = ""
         while not stop.is_set():
             transport = make_transport(self.target)
             try:
@@ -180,12 +181,16 @@ class TargetWatcher:
                 await transport.connect()
             except TargetUnreachable as exc:
                 self._agent("unreachable", exc.reason)
+                if exc.reason != last_reason:
+                    self.log.warning("target unreachable, retrying with back-off: {}", exc.reason)
+                    last_reason = exc.reason
                 self.view.link, self.view.detail = "unreachable", exc.reason
                 if await _wait(stop, backoff):
                     break
                 backoff = min(backoff * 2, self._watch.backoff_max)
                 continue
-            backoff = self._watch.backoff_initial
+            last_reason = ""
+            connected_at = time.monotonic()
             gap = f"; gap since {podman.format_time_ns(lost_at)}" if lost_at else ""
             self._agent("connected", f"{transport.name}{gap}")
             self.view.link, self.view.detail, self.view.since_ns = "up", "", time.time_ns()
@@ -200,6 +205,11 @@ class TargetWatcher:
                 self.log.warning("link lost: {}", reason)
             finally:
                 await transport.close()
+            # a link that keeps dropping right after login must not reconnect in a tight loop
+            if time.monotonic() - connected_at > self._watch.backoff_max:
+                backoff = self._watch.backoff_initial
+            else:
+                backoff = min(backoff * 2, self._watch.backoff_max)
             if not stop.is_set() and await _wait(stop, backoff):
                 break
         self.view.link = "stopped"
@@ -207,6 +217,9 @@ class TargetWatcher:
 
     async def _watch_connected(self, transport: Transport, stop: asyncio.Event) -> None:
         await self._learn_node(transport)
+        # the gap's events first, then a snapshot: a snapshot fed before them would
+        # overrule the machine at "now" and make the backfilled deaths look stale
+        await self._backfill_events(transport)
         await self._reconcile(transport)
         async with asyncio.TaskGroup() as group:
             tasks = [
@@ -251,6 +264,26 @@ class TargetWatcher:
 
     # ------------------------------------------------------------ events
 
+    def _events_since(self) -> int:
+        if self._last_event_ns is not None:
+            return self._last_event_ns - RESUME_OVERLAP_NS
+        return self._start_ns + self._clock_offset_ns
+
+    async def _backfill_events(self, transport: Transport) -> None:
+        """Read what podman recorded since our last event, then return (no follow)."""
+        if self._last_event_ns is None:
+            return
+        argv = podman.events_cmd(self._podman, since_ns=self._events_since() - 1, follow=False)
+        result = await transport.run(argv, timeout=120)
+        count = 0
+        for line in result.stdout.splitlines():
+            before = self.view.events
+            self._on_event_line(line)
+            count += self.view.events - before
+        if not result.ok:
+            self._agent("backfill-problem", f"podman events exited {result.exit_status}: {result.stderr[-200:]}")
+        self._agent("backfilled", f"{count} events since {podman.format_time_ns(self._events_since())}")
+
     async def _follow_events(self, transport: Transport) -> None:
         """Follow `podman events`, resuming with a backfill whenever the stream ends.
 
@@ -259,10 +292,7 @@ class TargetWatcher:
         """
         restarts = 0
         while True:
-            if self._last_event_ns is not None:
-                since = self._last_event_ns - RESUME_OVERLAP_NS
-            else:
-                since = self._start_ns
+            since = self._events_since()
             # podman's --since is strictly after: step back 1 ns, the dedupe drops the repeats
             argv = podman.events_cmd(self._podman, since_ns=since - 1, follow=True)
             async with transport.stream(argv) as lines:
@@ -307,22 +337,23 @@ class TargetWatcher:
     async def _follow_logs(self, transport: Transport) -> None:
         """Follow every expected container's log on one channel (MaxSessions is 10)."""
         while True:
+            # cleared before looking, so a start during `ps` is not forgotten
+            self._log_restart.clear()
             names = await self._present_expected(transport)
             if not names:
-                self._log_restart.clear()
-                await self._log_restart.wait()
+                # nothing to follow yet (or ps failed): look again on a start or a while later
+                await _wait(self._log_restart, self._watch.reconcile_interval)
                 continue
             # resume a little early (lines of several containers interleave out of time
             # order); the seen keys drop what was already stored
             if self._last_log_ns is not None:
                 since = self._last_log_ns - RESUME_OVERLAP_NS
             else:
-                since = self._start_ns
+                since = self._start_ns + self._clock_offset_ns
             # a restarted container drops out of `logs -f`: each start restarts the follow
             argv = podman.logs_cmd(self._podman, names, since_ns=since - 1, follow=True, timestamps=True)
             # container stderr comes out on podman's stderr: merge, so no line is lost
             merged = ["sh", "-c", f"exec {_quote(argv)} 2>&1"]
-            self._log_restart.clear()
             async with transport.stream(merged) as lines:
                 reader = asyncio.ensure_future(self._read_logs(lines, names))
                 restart = asyncio.ensure_future(self._log_restart.wait())
@@ -357,13 +388,16 @@ class TargetWatcher:
             if parsed.excerpt.strip():
                 self.view.parse_errors += 1
             return
-        container, at_ns, text = parsed
-        if not self._seen_logs.add((container, at_ns, self.sink.redact(text))):
+        container, at_ns, raw_text = parsed
+        # redacted before anything sees it: the dashboard, the machines and the store
+        # then hold the same text, and replay reproduces live exactly
+        text = self.sink.redact(raw_text)
+        if not self._seen_logs.add((container, at_ns, text)):
             return
         if self._last_log_ns is None or at_ns > self._last_log_ns:
             self._last_log_ns = at_ns
         matcher = self._matchers.get(container)
-        is_error = matcher.is_error(text) if matcher else False
+        is_error = matcher.is_error(raw_text) if matcher else False
         self.view.logs += 1
         self.view.errors += int(is_error)
         self.sink.put(LogObs(self.name, container, at_ns, text, "merged", is_error))
@@ -373,8 +407,8 @@ class TargetWatcher:
         entries = podman.parse_ps(result.stdout) if result.ok else []
         if isinstance(entries, podman.ParseError):
             return []
-        present = {e.name for e in entries}
-        return sorted(n for n in self.config.containers if n in present)
+        present = {e.name for e in entries if e.name}
+        return sorted(n for n in present if self._wanted(n))
 
     # ------------------------------------------------------------ reconcile and health
 
@@ -396,10 +430,13 @@ class TargetWatcher:
         """Snapshot every expected and present container from ps/inspect."""
         from agent.status import inspect_all
 
+        facts, problems = await inspect_all(transport, self._podman, clock=self.now_ns)
+        if problems:
+            # podman did not answer: absence here proves nothing, so no snapshot at all
+            for problem in problems:
+                self._agent("reconcile-problem", problem)
+            return
         at_ns = self.now_ns()
-        facts, problems = await inspect_all(transport, self._podman, at_ns)
-        for problem in problems:
-            self._agent("reconcile-problem", problem)
         facts = [f for f in facts if self._wanted(f.name)]
         by_name = {f.name: f for f in facts}
         healthchecks: dict[str, float] = {}
@@ -444,7 +481,7 @@ class TargetWatcher:
             self._agent("healthcheck-problem", f"{name}: {exc}")
             return
         outcome = podman.healthcheck_outcome(result.exit_status)
-        output = (result.stdout + result.stderr).strip()
+        output = self.sink.redact((result.stdout + result.stderr).strip())
         self.sink.put(ProbeObs(self.name, name, self.now_ns(), "healthcheck", "podman-healthcheck",
                                outcome == "healthy", result.duration_s * 1000, output[-500:], str(outcome)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -75,3 +76,51 @@ def test_unreachable_targets_exit_3_with_one_line(sshd, tmp_path):
         assert code == 3, (case, stderr)
         assert len(lines) == 1 and reasons[case] in lines[0], (case, stderr)
         assert "Traceback" not in stderr
+
+
+def test_typed_defaults_and_positive_durations_exit_2(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    for text, key in (('[defaults]\nlog_errors = "error"\n', "defaults.log_errors"),
+                      ('[defaults]\nlog_errors = ["(bad"]\n', "defaults.log_errors"),
+                      ('[defaults]\nrestart_policy = ["always"]\n', "defaults.restart_policy"),
+                      ('[targets.n]\nhost = "127.0.0.1"\nkeepalive_interval = "0s"\n', "targets.n.keepalive_interval"),
+                      ('[watch]\nbackoff_initial = 0\n', "watch.backoff_initial")):
+        config.write_text(text)
+        assert main(["status", "--config", str(config)]) == 2, text
+        assert key in capsys.readouterr().err, text
+
+
+def _unanswering_podman(tmp_path) -> str:
+    """A real config whose podman command is `false`: podman 'fails' on every call."""
+    config = tmp_path / "broken-podman.toml"
+    config.write_text('[targets.local]\ntransport = "local"\npodman = ["false"]\n'
+                      '[containers.lnd]\nrole = "lightning"\n[watch]\nreconcile_interval = "1s"\n')
+    return str(config)
+
+
+def test_status_when_podman_does_not_answer_is_not_missing(tmp_path, capsys):
+    assert main(["status", "--json", "--config", _unanswering_podman(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert [c["state"] for c in document["containers"]] == ["unknown"]
+    assert document["problems"]
+
+
+def test_watch_records_no_false_missing_when_podman_fails(tmp_path):
+    db = tmp_path / "w.db"
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "watch", "--for", "4s", "--json",
+                           "--config", _unanswering_podman(tmp_path), "--db", str(db)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert not [l for l in lines if l["type"] == "change" and l["to"] == "missing"]
+    assert any(l["type"] == "agent" and l["what"] == "reconcile-problem" for l in lines)
+
+
+@pytest.mark.e2e
+def test_malformed_known_hosts_exits_3(sshd, tmp_path):
+    bad = tmp_path / "known_hosts"
+    bad.write_text("garbage\n")
+    code, stderr = _status_exit(["--target", f"ssh://root@127.0.0.1:{sshd.port}", "--identity",
+                                 str(sshd.identity), "--known-hosts", str(bad)])
+    assert code == 3 and "cannot read known_hosts" in stderr and "Traceback" not in stderr
