@@ -557,20 +557,18 @@ class StoreWriter:
 
     async def last_event_ns(self, target: str) -> int | None:
         """The newest stored event time of `target` (queued ones included), None without any."""
-        await self.flush()
-        async with self._conn_lock:
-            rows = await self._conn.execute_fetchall(
-                "SELECT at_ns FROM observations INDEXED BY observations_kind_at "
-                "WHERE kind = 'event' AND target = ? ORDER BY at_ns DESC LIMIT 1", (target,))
-        return rows[0][0] if rows else None
+        return await self._last_ns(target, "event")
 
     async def last_log_ns(self, target: str) -> int | None:
         """The newest stored log line time of `target` (queued ones included), None without any."""
+        return await self._last_ns(target, "log")
+
+    async def _last_ns(self, target: str, kind: str) -> int | None:
         await self.flush()
         async with self._conn_lock:
             rows = await self._conn.execute_fetchall(
                 "SELECT at_ns FROM observations INDEXED BY observations_kind_at "
-                "WHERE kind = 'log' AND target = ? ORDER BY at_ns DESC LIMIT 1", (target,))
+                "WHERE kind = ? AND target = ? ORDER BY at_ns DESC LIMIT 1", (kind, target))
         return rows[0][0] if rows else None
 
     async def log_keys_since(self, target: str, since_ns: int) -> set[tuple[str, int, str]]:

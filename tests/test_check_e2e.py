@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_for
+
 from agent import testbed
 from agent.check import run_check
 from agent.config import TargetConfig, TestbedConfig, config_from_dict
@@ -50,13 +52,6 @@ def podman_json(*argv: str) -> Any:
 
 def state(name: str) -> dict[str, Any]:
     return podman_json("container", "inspect", name)[0]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,14 @@ def _remote_sleepers(tag: str) -> int:
     return len(out.stdout.split())
 
 
+async def _sleepers_after_ending(tag: str) -> int:
+    """How many remote `sleep TAG` are left once they had 10 s to die."""
+    deadline = time.monotonic() + 10
+    while _remote_sleepers(tag) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return _remote_sleepers(tag)
+
+
 def test_leaving_a_stream_kills_the_remote_command(root_target):
     async def go():
         async with make_transport(root_target) as tr:
@@ -68,10 +76,7 @@ def test_leaving_a_stream_kills_the_remote_command(root_target):
                 async for line in lines:
                     assert line == "up"
                     break
-            deadline = time.monotonic() + 10
-            while _remote_sleepers("4242") and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            return _remote_sleepers("4242")
+            return await _sleepers_after_ending("4242")
     assert run(go()) == 0
 
 
@@ -80,10 +85,7 @@ def test_timeout_cuts_off_and_kills_remote_command(root_target):
         async with make_transport(root_target) as tr:
             with pytest.raises(CommandTimeout):
                 await tr.run(["sleep", "4343"], timeout=0.5)
-            deadline = time.monotonic() + 10
-            while _remote_sleepers("4343") and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            return _remote_sleepers("4343")
+            return await _sleepers_after_ending("4343")
     assert run(go()) == 0
 
 
