@@ -18,7 +18,8 @@ from agent.config import Config, ContainerConfig, HealthcheckProbe, HttpProbe, P
 from agent.diagnosis import SEVERITIES, Evidence, Finding, HealthRecord, Rule, diagnose, rules_for
 from agent.errors import TransportError
 from agent.policies import check_missing, check_policies
-from agent.probes import LogRead, ProbeResult, execute_probe, probe_name, read_logs
+from agent.probes import ProbeResult, execute_probe, probe_name
+from agent.recent_logs import LogRead, read_logs
 from agent.status import inspect_all
 from agent.transport import Transport
 from machines.observations import ProbeObs

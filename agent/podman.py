@@ -579,6 +579,7 @@ class InspectFacts:
     stopped_by_user: bool | None  # 5.x only; None when podman does not say (4.x)
     log_driver: str = ""
     log_path: str = ""
+    healthcheck_start_period_ns: int = 0
 
     def snapshot(self) -> SnapshotObs:
         """The observation the store keeps and the machines consume."""
@@ -599,6 +600,10 @@ class InspectFacts:
             memory=self.memory,
             image=self.image,
             oom_killed=self.oom_killed,
+            health_failing_streak=self.health_failing_streak,
+            health_retries=self.healthcheck_retries if self.health is not None else 0,
+            health_start_period_ns=self.healthcheck_start_period_ns if self.health is not None else 0,
+            stopped_by_user=self.stopped_by_user,
         )
 
 
@@ -765,6 +770,7 @@ def _inspect_one(item: Any, target: str, at_ns: int, major: int | None) -> Inspe
         stopped_by_user=stopped_by_user,
         log_driver=_field(log_config, "Type", str, "", "HostConfig.LogConfig."),
         log_path=_field(log_config, "Path", str, "", "HostConfig.LogConfig."),
+        healthcheck_start_period_ns=_field(healthcheck, "StartPeriod", int, 0, "Config.Healthcheck."),
     )
 
 

@@ -29,6 +29,7 @@ from agent.config import (
     format_duration,
 )
 from agent.errors import CommandTimeout, InvalidContainerName, TransportError
+from agent.recent_logs import error_lines, read_logs, without_podman_noise
 from agent.transport import Transport, http_get
 from machines.observations import ProbeObs
 
@@ -45,15 +46,6 @@ class ProbeResult:
     exit_status: int | None = None  # of the command run (a health check: of its re-run, if any)
     output: str = ""  # up to OUTPUT_CHARS of what the command printed
     lines: tuple[str, ...] = ()  # a logs probe: the log lines it read, oldest first
-
-
-@dataclass(frozen=True)
-class LogRead:
-    """Recent log lines of one container (stdout and stderr merged in time order)."""
-
-    lines: tuple[str, ...]
-    ok: bool
-    detail: str = ""
 
 
 class _Failed(Exception):
@@ -200,7 +192,7 @@ async def _healthcheck(transport: Transport, podman_cmd: Sequence[str], name: st
     if outcome == "healthy":
         return await _last_health_output(transport, podman_cmd, name) or "healthy", 0
     if outcome == "error":
-        reason = _first_line(_without_podman_noise(result.stderr)) or _first_line(result.stdout) or "no output"
+        reason = _first_line(without_podman_noise(result.stderr)) or _first_line(result.stdout) or "no output"
         raise _Failed(f"health check could not run (exit {result.exit_status}): {reason}",
                       result.stdout + result.stderr, result.exit_status)
     # unhealthy: podman prints only "unhealthy"; the check's own output is in inspect's log
@@ -238,12 +230,6 @@ async def _rerun_check(transport: Transport, podman_cmd: Sequence[str], name: st
     return (result.stdout + result.stderr).strip(), result.exit_status
 
 
-def _without_podman_noise(stderr: str) -> str:
-    """podman's stderr without its `level=warning`/systemd timer chatter."""
-    return "\n".join(line for line in stderr.splitlines()
-                     if "level=warn" not in line and "systemd connection" not in line)
-
-
 # ---------------------------------------------------------------- host service
 
 
@@ -257,38 +243,6 @@ async def _service(transport: Transport, name: str, probe: ServiceProbe) -> tupl
 
 
 # ---------------------------------------------------------------- logs
-
-
-async def read_logs(transport: Transport, podman_cmd: Sequence[str], name: str, *, tail: int | None = None,
-                    since_ns: int | None = None, timeout: float = 30.0) -> LogRead:
-    """A container's recent log lines, stdout and stderr merged by podman's timestamps.
-
-    Container stderr arrives on podman's stderr; podman's own messages there (no
-    timestamp) are left out. Raises TransportError (CommandTimeout past `timeout`).
-    """
-    result = await transport.run(podman.logs_cmd(podman_cmd, [name], since_ns=since_ns, tail=tail),
-                                 timeout=timeout)
-    stamped: list[tuple[int, int, str]] = []
-    for order, line in enumerate([*result.stdout.splitlines(), *result.stderr.splitlines()]):
-        parsed = podman.parse_log_line(line, name)
-        if not isinstance(parsed, podman.ParseError):
-            stamped.append((parsed.at_ns, order, parsed.text))
-    stamped.sort()
-    lines = tuple(text for _, _, text in stamped)
-    if tail is not None:
-        lines = lines[-tail:] if tail else ()
-    if not result.ok:
-        reason = _first_line(_without_podman_noise(result.stderr)) or f"exit {result.exit_status}"
-        return LogRead(lines, False, f"podman logs failed: {reason}")
-    return LogRead(lines, True)
-
-
-def error_lines(lines: Iterable[str], error_patterns: Iterable[str], ignore_patterns: Iterable[str] = ()) -> list[str]:
-    """The lines an error pattern matches and no ignore pattern does."""
-    errors = [re.compile(p) for p in error_patterns]
-    ignores = [re.compile(p) for p in ignore_patterns]
-    return [line for line in lines
-            if any(p.search(line) for p in errors) and not any(p.search(line) for p in ignores)]
 
 
 async def _logs(transport: Transport, podman_cmd: Sequence[str], name: str, probe: LogsProbe,

@@ -55,6 +55,10 @@ class LogObs:
     line: str
     stream: str = "stdout"
     is_error: bool = False
+    # The line's place in its source, its identity (two identical lines in one stamp are two
+    # lines): the byte offset of its first record in conmon's log file when read from there,
+    # else its index among the lines sharing its timestamp.
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,13 @@ class SnapshotObs:
     memory: int = 0
     image: str = ""
     oom_killed: bool = False
+    # podman's health bookkeeping (Config.Healthcheck and State.Health): the machine judges a
+    # failed check the way podman does (failures inside the start period do not count; the
+    # state turns unhealthy only when FailingStreak reaches Retries)
+    health_failing_streak: int = 0
+    health_retries: int = 0
+    health_start_period_ns: int = 0
+    stopped_by_user: bool | None = None  # podman 5.x only; None when podman does not say
 
 
 @dataclass(frozen=True, slots=True)
