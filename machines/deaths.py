@@ -3,7 +3,8 @@
 
 The reasons, most specific first:
 - our own stop/kill (an `action` observation), or a user's `podman stop`/`kill`/`restart`
-  (a stop/kill/restart event, or under always/unless-stopped no restart coming);
+  (a stop/kill/restart event, or no restart coming where the restart policy would have
+  restarted a crash: podman 4.3 writes no stop event for many stops, measured);
 - the kernel's OOM killer: podman 4.3 reports `OOMKilled=false` even for a real OOM kill
   (measured here), so the kernel log is the evidence (`oom-kill:... oom_memcg=
   .../libpod-<container id>`); without it, exit 137 with no stop or kill and a memory
@@ -72,23 +73,29 @@ def _mib(memory: int) -> str:
 
 
 def death_reason(exit_code: int | None, *, user_action: str | None = None, oom_evidence: str | None = None,
-                 oom_killed: bool = False, memory: int = 0, first_error: str | None = None) -> DeathReason:
+                 oom_killed: bool = False, memory: int = 0, first_error: str | None = None,
+                 user_evidence: str | None = None) -> DeathReason:
     """Why a container died, from what is known about the death.
 
-    `user_action`: what stopped it on purpose, if anything ("podman stop" by podwarden,
-    or a user's "stop", "kill", "restart" event). `oom_evidence`: the kernel log line
-    naming this container's cgroup, if one was found. `oom_killed`: podman's own flag
-    (5.x sets it; 4.3 does not). `memory`: the container's limit in bytes (0: none).
-    `first_error`: the first error line the container printed in the run that died.
+    `user_action`: what stopped it on purpose, if anything ("podman stop" / "podman kill"
+    by podwarden, or a user's "stop", "kill", "restart" event). `user_evidence`: how that
+    is known when no event says so (e.g. "not restarted under restart policy always").
+    `oom_evidence`: the kernel log line naming this container's cgroup, if one was found.
+    `oom_killed`: podman's own flag (5.x sets it; 4.3 does not). `memory`: the container's
+    limit in bytes (0: none). `first_error`: the first error line the container printed
+    in the run that died. A None `exit_code` means podman did not say (a death seen only
+    through a snapshot's RestartCount).
     """
     code = "?" if exit_code is None else str(exit_code)
     if user_action:
         action = user_action.strip()
         if action.startswith("podman ") or action.startswith("podwarden"):
-            return DeathReason("podwarden", f"stopped by podwarden ({action}), exit {code}", (action,))
+            return DeathReason("podwarden", f"stopped by podwarden ({action}), exit {code}",
+                               (user_evidence or f"{action} by podwarden",))
         kind = {"stop": "user-stop", "kill": "user-kill", "restart": "user-restart"}.get(action, "user-stop")
         verb = {"user-stop": "stopped", "user-kill": "killed", "user-restart": "restarted"}[kind]
-        return DeathReason(kind, f"{verb} by a user (podman {action}), exit {code}", (f"{action} event",))
+        return DeathReason(kind, f"{verb} by a user (podman {action}), exit {code}",
+                           (user_evidence or f"{action} event",))
     if oom_evidence:
         limit = f" (memory limit {_mib(memory)})" if memory else ""
         return DeathReason("oom-kill", f"killed by the kernel's OOM killer{limit}, exit {code}",
@@ -110,7 +117,9 @@ def death_reason(exit_code: int | None, *, user_action: str | None = None, oom_e
         evidence = (f"exit {code} = 128 + {name}",) + ((f"first error: {first_error}",) if first_error else ())
         return DeathReason("signal", f"killed by {name} (exit {code}): {meaning}", evidence)
     if exit_code is None:
-        return DeathReason("unknown", "died; podman did not say with which exit code")
+        return DeathReason("unknown", "died; podman did not say with which exit code"
+                           + (f"; first error: {first_error}" if first_error else ""),
+                           (f"first error: {first_error}",) if first_error else ())
     if first_error:
         return DeathReason("exit", f"exited with code {code}; first error: {first_error}",
                            (f"first error: {first_error}",))

@@ -26,6 +26,11 @@ class Kind(StrEnum):
 
 
 _COMMON = ("target", "container", "at_ns")
+# Fields the store keeps in columns of their own, not in the `data` JSON.
+COLUMN_FIELDS = ("seq",)
+_NOT_DATA = frozenset(_COMMON + COLUMN_FIELDS)
+# Rarely set fields, left out of `data` when None (a missing key reads back as None).
+OMITTED_WHEN_NONE = frozenset({"resume"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,9 @@ class LogObs:
     # lines): the byte offset of its first record in conmon's log file when read from there,
     # else its index among the lines sharing its timestamp.
     seq: int = 0
+    # Where a resumed follow may start again when `seq` is no such place (the other stream had
+    # a line open when this one began): the last offset before it at which no line was open.
+    resume: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,9 @@ class SnapshotObs:
     health_retries: int = 0
     health_start_period_ns: int = 0
     stopped_by_user: bool | None = None  # podman 5.x only; None when podman does not say
+    # HostConfig.RestartPolicy.MaximumRetryCount (on-failure:N; 0 = no limit): once RestartCount
+    # reaches it podman stops restarting, so an unrestarted death is then no sign of a user stop
+    restart_max_retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +157,14 @@ _CLASSES: dict[Kind, type] = {
 
 
 def obs_data(obs: Observation) -> dict[str, Any]:
-    """The kind-specific fields of an observation, as a JSON-ready dict."""
+    """The kind-specific fields of an observation (those the store keeps in `data`), as a JSON-ready dict."""
     data: dict[str, Any] = {}
     for field in dataclasses.fields(obs):
-        if field.name in _COMMON:
+        if field.name in _NOT_DATA:
             continue
         value = getattr(obs, field.name)
+        if value is None and field.name in OMITTED_WHEN_NONE:
+            continue
         if field.name == "attributes":
             value = dict(value)
         data[field.name] = value
@@ -164,15 +177,17 @@ def obs_to_json(obs: Observation) -> str:
 
 
 def obs_from_record(kind: str, target: str, container: str, at_ns: int,
-                    data: Mapping[str, Any] | str) -> Observation:
-    """Rebuild an observation from its stored parts (inverse of `obs_data`).
+                    data: Mapping[str, Any] | str, seq: int | None = None) -> Observation:
+    """Rebuild an observation from its stored parts (inverse of `obs_data` plus the `seq` column).
 
     Raises ValueError for an unknown kind and TypeError for fields that do not fit.
     """
     cls = _CLASSES[Kind(kind)]
     fields = json.loads(data) if isinstance(data, str) else dict(data)
     known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in fields.items() if k in known}
+    kwargs = {k: v for k, v in fields.items() if k in known and k not in _NOT_DATA}
+    if seq is not None and "seq" in known:
+        kwargs["seq"] = int(seq)
     if "attributes" in kwargs:
         kwargs["attributes"] = tuple(sorted((str(k), str(v)) for k, v in dict(kwargs["attributes"]).items()))
     return cls(target=target, container=container, at_ns=int(at_ns), **kwargs)

@@ -25,6 +25,8 @@ Engine = Literal["dict", "transitions"]
 _ALL = "*"
 # States a container can die from (CREATED: the start itself failed).
 _CAN_DIE = [State.UNKNOWN, State.CREATED, *sorted(UP), State.RESTARTING, State.PAUSED]
+# States a start moves out of: already up stays up; crash-looping ends only by staying up.
+_CAN_START = [s for s in State if s not in UP | {State.PAUSED, State.CRASHLOOPING}]
 # The health triggers, keyed by podman's health_status value.
 HEALTH_STATES: dict[str, State] = {
     "starting": State.STARTING,
@@ -35,23 +37,31 @@ HEALTH_STATES: dict[str, State] = {
 TRANSITIONS: list[dict[str, Any]] = [
     # A name can be reused after a remove we may have missed: create always means a new container.
     {"trigger": "create", "source": _ALL, "dest": State.CREATED},
-    # Already up stays up; crash-looping ends only by staying up (see `settle_*`).
-    {"trigger": "start", "source": [s for s in State if s not in UP | {State.PAUSED, State.CRASHLOOPING}],
-     "dest": State.RUNNING},
+    {"trigger": "start", "source": _CAN_START, "dest": State.RUNNING},
+    # podman resets a checked container's health to "starting" at every start (measured on 4.3).
+    {"trigger": "start_checked", "source": _CAN_START, "dest": State.STARTING},
     *({"trigger": f"health_{value}", "source": [State.UNKNOWN, *sorted(UP)], "dest": dest}
       for value, dest in HEALTH_STATES.items()),
     {"trigger": "died", "source": _CAN_DIE, "dest": State.EXITED},
-    {"trigger": "crashloop", "source": _CAN_DIE, "dest": State.CRASHLOOPING},
-    # A died within the window after a stop/kill event is the user's doing.
+    # Also from a death first taken for a user stop that the restart policy then brought back
+    # (podman never restarts a user stop), and from a death counted after the fact.
+    {"trigger": "crashloop", "source": [*_CAN_DIE, State.EXITED, State.STOPPED], "dest": State.CRASHLOOPING},
+    # A died paired with a stop/kill (event or our own action) is the user's doing.
     {"trigger": "user_died", "source": [*_CAN_DIE, State.CRASHLOOPING], "dest": State.STOPPED},
-    # podman 5 may log the stop just after the died it caused: the death was the user's.
+    # A died paired with an earlier restart event (`podman restart` writes restart before died):
+    # the container comes back. A crash loop holds through it, as through any restart.
+    {"trigger": "user_restart", "source": _CAN_DIE, "dest": State.RESTARTING},
+    # The stop that caused a death arrived after it (podman 5 order, delivery reordering), or
+    # the restart policy's silence showed it (4.3 often writes no stop event).
     {"trigger": "user_stop", "source": [State.EXITED, State.CRASHLOOPING], "dest": State.STOPPED},
     {"trigger": "restart", "source": [State.UNKNOWN, State.EXITED, State.STOPPED], "dest": State.RESTARTING},
     {"trigger": "pause", "source": [State.UNKNOWN, *sorted(UP)], "dest": State.PAUSED},
     {"trigger": "unpause", "source": [State.UNKNOWN, State.PAUSED], "dest": State.RUNNING},
     {"trigger": "remove", "source": _ALL, "dest": State.REMOVED},
-    # Up for the stable period since the last start: the crash loop is over.
-    *({"trigger": f"settle_{dest}", "source": State.CRASHLOOPING, "dest": dest} for dest in sorted(UP)),
+    # The crash loop is over: up for the stable period since the last start, or a death it
+    # counted turned out to be a user's. dest is what the container is doing now.
+    *({"trigger": f"settle_{dest}", "source": State.CRASHLOOPING, "dest": dest}
+      for dest in sorted(UP | {State.EXITED, State.RESTARTING})),
     # A snapshot that wins (first sight, or overruling the machine) moves straight to what it shows.
     *({"trigger": f"observe_{dest}", "source": _ALL, "dest": dest} for dest in State if dest is not State.UNKNOWN),
 ]

@@ -80,7 +80,7 @@ def test_crash_goes_exited_restarting_running(fleet: Fleet) -> None:
     feed(fleet, BOOT)
     changes = feed(fleet, [*crash(60), ev("cleanup", 60.1)])
     assert moves(changes) == [RUNNING, EXITED, RESTARTING, RUNNING]
-    assert changes[0].cause == "died exit=137"
+    assert changes[0].cause == "died: killed by SIGKILL (exit 137): SIGKILL from outside the container"
     assert changes[0].at_ns == at(60)
     m = machine(fleet)
     assert m.restarts == 1
@@ -91,7 +91,7 @@ def test_podman_stop_is_stopped_not_exited(fleet: Fleet) -> None:
     feed(fleet, BOOT)
     changes = feed(fleet, [ev("stop", 60), ev("died", 60.4, exit_code=137), ev("cleanup", 60.5)])
     assert moves(changes) == [RUNNING, STOPPED]
-    assert changes[0].cause == "died exit=137 after stop"
+    assert changes[0].cause == "died: stopped by a user (podman stop), exit 137"
     m = machine(fleet)
     assert not m.deaths and m.restarts == 0
 
@@ -100,7 +100,7 @@ def test_podman_kill_is_stopped(fleet: Fleet) -> None:
     feed(fleet, BOOT)
     changes = feed(fleet, [ev("kill", 60), ev("died", 60.1, exit_code=137), ev("cleanup", 60.2)])
     assert moves(changes) == [RUNNING, STOPPED]
-    assert changes[0].cause == "died exit=137 after kill"
+    assert changes[0].cause == "died: killed by a user (podman kill), exit 137"
 
 
 def test_stop_waiting_out_its_timeout_is_still_a_user_stop(fleet: Fleet) -> None:
@@ -113,7 +113,7 @@ def test_podman5_died_then_stop_becomes_stopped(fleet: Fleet) -> None:
     feed(fleet, BOOT)
     changes = feed(fleet, [ev("died", 60, exit_code=137), ev("stop", 60.3), ev("cleanup", 60.4)])
     assert moves(changes) == [RUNNING, EXITED, STOPPED]
-    assert changes[1].cause == "stop event"
+    assert changes[1].cause == "died: stopped by a user (podman stop), exit 137"
     m = machine(fleet)
     assert not m.deaths, "a user stop is no crash-loop death"
 
@@ -138,7 +138,7 @@ def test_stop_mark_expires(fleet: Fleet) -> None:
 
 def test_died_without_exit_code_is_exit_zero(fleet: Fleet) -> None:
     feed(fleet, BOOT)
-    assert feed(fleet, [ev("died", 60)])[0].cause == "died exit=0"
+    assert feed(fleet, [ev("died", 60)])[0].cause == "died: exited with code 0 (the main process ended by itself)"
 
 
 def test_manual_start_after_stop(fleet: Fleet) -> None:
@@ -156,7 +156,7 @@ def test_crashloop_entered_at_exactly_n_deaths(fleet: Fleet) -> None:
     assert CRASHLOOPING not in moves(first_two)
     third = feed(fleet, [ev("died", 70, exit_code=1)])
     assert moves(third) == [RUNNING, CRASHLOOPING]
-    assert third[0].cause == "3 deaths within 5m0s; last exit=1"
+    assert third[0].cause == "3 deaths within 5m0s; last: exited with code 1; it printed no error line before dying"
     assert machine(fleet).restarts == 2
 
 
@@ -215,7 +215,7 @@ def test_crashloop_threshold_comes_from_settings() -> None:
     fleet = Fleet(MachineSettings(crashloop_deaths=2, crashloop_window_ns=60 * S, stable_period_ns=30 * S))
     changes = feed(fleet, [*BOOT, *crash(10), ev("died", 20, exit_code=2)])
     assert changes[-1].to_state is CRASHLOOPING
-    assert changes[-1].cause == "2 deaths within 1m0s; last exit=2"
+    assert changes[-1].cause == "2 deaths within 1m0s; last: exited with code 2; it printed no error line before dying"
 
 
 # ---------------------------------------------------------------- health
@@ -318,7 +318,8 @@ def test_snapshot_contradiction_is_flagged(fleet: Fleet) -> None:
     changes = feed(fleet, [snap(60, "exited", exit_code=1)])
     assert moves(changes) == [RUNNING, EXITED]
     assert changes[0].contradiction
-    assert changes[0].cause == "snapshot disagrees: machine said running, inspect says exited"
+    assert changes[0].cause == ("snapshot disagrees: machine said running, inspect says exited; "
+                                "died: exited with code 1; it printed no error line before dying")
     assert list(machine(fleet).deaths) == [at(60)], "a missed death still counts toward a crash loop"
 
 
@@ -381,7 +382,8 @@ def test_missed_deaths_seen_by_snapshots_make_a_crashloop(fleet: Fleet) -> None:
                            snap(90, "exited"), snap(120, "running"), snap(150, "exited", exit_code=1)])
     assert changes[-1].to_state is CRASHLOOPING
     assert changes[-1].contradiction
-    assert changes[-1].cause.endswith("3 deaths within 5m0s; last exit=1")
+    assert changes[-1].cause.endswith("3 deaths within 5m0s; last: exited with code 1; "
+                                      "it printed no error line before dying")
 
 
 # ---------------------------------------------------------------- fleet and table

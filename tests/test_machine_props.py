@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from machines.container import Fleet, MachineSettings, StateChange
-from machines.observations import AgentObs, EventObs, LogObs, Observation, ProbeObs, SnapshotObs
+from machines.observations import ActionObs, AgentObs, EventObs, LogObs, Observation, ProbeObs, SnapshotObs
 from machines.states import State
 from machines.table import DICT_ROUTER, TRIGGERS, TransitionsRouter
 
@@ -33,11 +33,16 @@ steps = st.sampled_from([0, 1, 50_000_000, S, 2 * S, 30 * S, 100 * S, 400 * S]) 
 exit_codes = st.sampled_from([None, 0, 1, 137]) | st.integers(0, 255)
 
 
+def container_id(name: str) -> str:
+    """One podman ID per name, as podman gives (a shared ID would make every rename event move a machine)."""
+    return f"id-{name}"
+
+
 @st.composite
 def events(draw: st.DrawFn, at_ns: int) -> EventObs:
     status = draw(st.sampled_from(MOVERS) | st.sampled_from(STATUSES) | st.text(max_size=8))
     target, container = draw(keys)
-    return EventObs(target, container, at_ns, "c0ffee", status,
+    return EventObs(target, container, at_ns, container_id(container), status,
                     exit_code=draw(exit_codes) if status == "died" else None,
                     health_status=draw(HEALTH) if status == "health_status" else None)
 
@@ -48,19 +53,36 @@ def snapshots(draw: st.DrawFn, at_ns: int) -> SnapshotObs:
     if draw(st.integers(0, 4)) == 0:
         return SnapshotObs(target, container, at_ns, False)
     status = draw(st.sampled_from(SNAPSHOT_STATUSES) | st.text(max_size=8))
-    return SnapshotObs(target, container, at_ns, True, "c0ffee", status, draw(HEALTH),
+    return SnapshotObs(target, container, at_ns, True, container_id(container), status, draw(HEALTH),
                        exit_code=draw(exit_codes),
-                       started_at_ns=draw(st.sampled_from([0, at_ns]) | st.integers(at_ns - 900 * S, at_ns + S)))
+                       started_at_ns=draw(st.sampled_from([0, at_ns]) | st.integers(at_ns - 900 * S, at_ns + S)),
+                       finished_at_ns=draw(st.sampled_from([0, at_ns]) | st.integers(at_ns - 900 * S, at_ns)),
+                       restart_count=draw(st.integers(0, 5)),
+                       restart_policy=draw(st.sampled_from(["", "no", "always", "unless-stopped", "on-failure"])),
+                       memory=draw(st.sampled_from([0, 16 << 20])), oom_killed=draw(st.booleans()),
+                       health_failing_streak=draw(st.integers(0, 4)), health_retries=draw(st.integers(0, 3)),
+                       health_start_period_ns=draw(st.sampled_from([0, 5 * S, 60 * S])),
+                       stopped_by_user=draw(st.sampled_from([None, False, True])),
+                       restart_max_retries=draw(st.sampled_from([0, 3])))
 
 
 @st.composite
 def others(draw: st.DrawFn, at_ns: int) -> Observation:
     target, container = draw(keys)
-    kind = draw(st.sampled_from(["log", "log", "probe", "agent"]))
+    kind = draw(st.sampled_from(["log", "log", "probe", "healthcheck", "healthcheck", "oom", "action", "agent"]))
     if kind == "log":
         return LogObs(target, container, at_ns, "line", is_error=draw(st.booleans()))
     if kind == "probe":
         return ProbeObs(target, container, at_ns, "rpc", "exec", ok=False)
+    if kind == "healthcheck":
+        detail = draw(st.sampled_from(["healthy", "unhealthy", "error", ""]))
+        return ProbeObs(target, container, at_ns, "healthcheck", "podman-healthcheck", detail == "healthy",
+                        draw(st.sampled_from([0.0, 30.0, 2500.0])), "unhealthy", detail)
+    if kind == "oom":
+        return ProbeObs(target, container, at_ns, "oom-kill", "kernel-log", False, excerpt="oom-kill:task=sh")
+    if kind == "action":
+        return ActionObs(target, container, at_ns, draw(st.sampled_from(["podman stop", "podman kill", "restart"])),
+                         dry_run=draw(st.booleans()))
     return AgentObs(target, container, at_ns, "lost")
 
 
@@ -89,8 +111,8 @@ def run(observations: list[Observation], config: MachineSettings, engine: str = 
     """Feed a fresh fleet; the changes and a summary of every machine at the end."""
     fleet = Fleet(config, engine=engine)  # type: ignore[arg-type]
     changes = [change for obs in observations for change in fleet.feed(obs)]
-    summary = [(m.target, m.container, m.state, m.since_ns, m.restarts, list(m.deaths), m.last_error)
-               for m in fleet.machines()]
+    summary = [(m.target, m.container, m.state, m.since_ns, m.restarts, list(m.deaths), m.last_error, m.crashes,
+                m.last_death, m.last_death_ns, m.health) for m in fleet.machines()]
     fleet.close()
     return changes, summary
 
@@ -120,6 +142,7 @@ def test_every_machine_stays_in_a_declared_state_and_changes_chain(
             restarts[key] = machine.restarts
             deaths = list(machine.deaths)
             assert deaths == sorted(deaths)
+            assert machine.crashes >= len(deaths), "the window holds only counted deaths"
             assert not deaths or deaths[-1] - deaths[0] <= config.crashloop_window_ns
     for machine in fleet.machines():
         assert machine.container, "target-level records make no machine"
