@@ -4,22 +4,43 @@ Inventory (every expected container present?), every probe of every container an
 host service, every spec policy, recent log errors, and diagnosis of known failures,
 ending in one CheckReport whose verdict is `fail` when any finding has severity
 error or warning, or any probe failed (`info` findings never fail a check).
+
+It tells the present truth: podman's own health judgement after our health check
+run (start period and retries), log lines split at the container's current start
+(earlier runs are history, reported once as a recovered incident), and a reason for
+every death (podman's events for a user's stop, kill or restart; the kernel log for
+the OOM killer, which podman 4.3 does not report; the signal or exit code and the
+first error line otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
 from agent import podman
 from agent.config import Config, ContainerConfig, HealthcheckProbe, HttpProbe, Probe, ServiceProbe, TargetConfig
-from agent.diagnosis import SEVERITIES, Evidence, Finding, HealthRecord, Rule, diagnose, rules_for
+from agent.diagnosis import (
+    OOM_SLACK_NS,
+    SEVERITIES,
+    Death,
+    Evidence,
+    Finding,
+    HealthRecord,
+    Rule,
+    Timing,
+    deaths_from_events,
+    diagnose,
+    rules_for,
+)
 from agent.errors import TransportError
+from agent.kernel import OomScan, oom_kills
 from agent.policies import check_missing, check_policies
 from agent.probes import ProbeResult, execute_probe, probe_name
-from agent.recent_logs import LogRead, read_logs
+from agent.recent_logs import LogRead, read_logs, without_podman_noise
 from agent.status import inspect_all
 from agent.transport import Transport
 from machines.observations import ProbeObs
@@ -27,7 +48,10 @@ from machines.observations import ProbeObs
 MAX_CONCURRENT = 4  # OpenSSH MaxSessions is 10 and the SSH transport caps channels at 8
 LOG_TAIL = 100
 LOG_TIMEOUT_S = 30.0
+EVENTS_TIMEOUT_S = 30.0
 RUNNING_STATES = ("running", "healthy")
+# the podman events that tell how a container died (a user's stop, kill or restart, or the policy's restart)
+DEATH_EVENTS = ("init", "start", "died", "stop", "kill", "restart")
 
 T = TypeVar("T")
 
@@ -44,7 +68,7 @@ class ContainerEntry:
     expected: bool
     expected_state: str | None
     role: str
-    state: str  # podman's State.Status, or "missing"
+    state: str  # podman's State.Status; "missing", or "unknown" when podman did not answer
     health: str | None
     restarts: int
     restart_policy: str
@@ -53,10 +77,12 @@ class ContainerEntry:
     exit_code: int | None
 
     @classmethod
-    def of(cls, name: str, own: ContainerConfig | None, facts: podman.InspectFacts | None) -> "ContainerEntry":
+    def of(cls, name: str, own: ContainerConfig | None, facts: podman.InspectFacts | None,
+           inventory_ok: bool = True) -> "ContainerEntry":
         if facts is None:
+            # when podman could not be asked, absence proves nothing
             return cls(name, own is not None, own.expected_state if own else None, own.role if own else "",
-                       "missing", None, 0, "", 0, "", None)
+                       "missing" if inventory_ok else "unknown", None, 0, "", 0, "", None)
         return cls(name, own is not None, own.expected_state if own else None, own.role if own else "",
                    facts.status, facts.health, facts.restart_count, facts.restart_policy, facts.memory,
                    facts.image, facts.exit_code)
@@ -72,6 +98,8 @@ class CheckReport:
     containers: list[ContainerEntry] = field(default_factory=list)
     probes: list[ProbeObs] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # evidence that could not be read, and why
+    unanswered: str = ""  # why podman did not answer ps/inspect: the node could not be checked
 
     @property
     def failed_probes(self) -> list[ProbeObs]:
@@ -79,8 +107,8 @@ class CheckReport:
 
     @property
     def verdict(self) -> str:
-        """`fail` when a finding is an error or warning or a probe failed, else `pass`."""
-        if self.failed_probes or any(f.fails for f in self.findings):
+        """`fail` when podman did not answer, a finding is an error or warning, or a probe failed; else `pass`."""
+        if self.unanswered or self.failed_probes or any(f.fails for f in self.findings):
             return "fail"
         return "pass"
 
@@ -102,6 +130,7 @@ class CheckReport:
                 for p in self.probes
             ],
             "containers": [asdict(c) for c in self.containers],
+            "notes": list(self.notes),
         }
 
 
@@ -142,7 +171,8 @@ def _plan(config: Config, facts_by_name: dict[str, podman.InspectFacts], invento
         facts = facts_by_name.get(name)
         errors = tuple(config.error_patterns(name))
         ignores = tuple(own.log_ignore)
-        skip = "not run: the container is missing" if facts is None and inventory_ok else ""
+        skip = ("not run: the container is missing" if inventory_ok else
+                "not run: podman did not answer") if facts is None else ""
         probes: list[Probe] = list(own.probes)
         if facts is not None and facts.healthcheck_test and not any(p.type == "podman-healthcheck" for p in probes):
             probes.append(implicit_healthcheck(facts))
@@ -165,6 +195,70 @@ def _health_record(result: ProbeResult) -> HealthRecord | None:
     return HealthRecord(result.exit_status, result.output or obs.detail, "probe")
 
 
+def judge_health_probe(result: ProbeResult, facts: podman.InspectFacts | None) -> ProbeObs:
+    """A health check run as podman judges it: a failure podman does not count (inside
+    `--health-start-period`) or does not count yet (fewer than `--health-retries` in a row)
+    leaves the container `starting` or `healthy`, and so passes here.
+
+    `facts` is inspect after the run: `podman healthcheck run` exits 1 on any failed run,
+    while its State.Health follows the start period and retries (measured, podman 4.3).
+    """
+    obs = result.obs
+    if (obs.probe_type != "podman-healthcheck" or obs.ok or facts is None or facts.health is None
+            or facts.health == "unhealthy" or result.exit_status in (None, 125)):
+        return obs
+    streak = facts.health_failing_streak
+    if streak <= 0:
+        why = "a failure inside the start period does not count"
+    else:
+        why = f"{streak} failure{'s' if streak != 1 else ''} in a row of the {facts.healthcheck_retries} it allows"
+    return dataclasses.replace(obs, ok=True, detail=f"podman still says {facts.health} ({why}); the run: {obs.detail}")
+
+
+async def node_clock_offset_ns(transport: Transport) -> int:
+    """The node's clock minus ours (one `date +%s%N` round trip), 0 when it cannot be read."""
+    before = time.time_ns()
+    try:
+        result = await transport.run(["date", "+%s%N"], timeout=10)
+    except TransportError:
+        if not transport.connected:
+            raise
+        return 0
+    after = time.time_ns()
+    text = result.stdout.strip()
+    return int(text) - (before + after) // 2 if result.ok and text.isdigit() else 0
+
+
+async def read_deaths(transport: Transport, podman_cmd: list[str], ids: list[str],
+                      since_ns: int) -> tuple[dict[str, list[Death]], str]:
+    """The deaths of containers (by id) since `since_ns` from podman's events, and a note if unread."""
+    argv = podman.events_cmd(podman_cmd, since_ns=since_ns, containers=ids, follow=False)
+    for status in DEATH_EVENTS:
+        argv += ["--filter", f"event={status}"]
+    try:
+        result = await transport.run(argv, timeout=EVENTS_TIMEOUT_S)
+    except TransportError as exc:
+        if not transport.connected:
+            raise
+        return {}, f"podman events could not be read: {exc.reason}"
+    if not result.ok:
+        reason = without_podman_noise(result.stderr).strip()[:200] or f"exit {result.exit_status}"
+        return {}, f"podman events could not be read: {reason}"
+    events = [e for e in podman.parse_events(result.stdout, transport.name) if not isinstance(e, podman.ParseError)]
+    return deaths_from_events(events), ""
+
+
+def _death_window_start(facts: podman.InspectFacts, timing: Timing) -> int | None:
+    """Where the deaths that explain a container's present begin; None when it has none."""
+    if not facts.started_at_ns or facts.status == "created":
+        return None
+    if not facts.running:
+        return facts.started_at_ns - timing.crashloop_window_ns
+    if facts.restart_count >= 1 or facts.finished_at_ns:
+        return min(facts.finished_at_ns or facts.started_at_ns, facts.started_at_ns) - timing.crashloop_window_ns
+    return None
+
+
 async def run_check(transport: Transport, config: Config, target: TargetConfig, *, store: Any = None,
                     run_id: int | None = None, progress: Callable[[str], None] = _quiet,
                     rules: list[Rule] | None = None) -> CheckReport:
@@ -172,14 +266,17 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
 
     Stores snapshots, probe observations and findings when `store` (a StoreWriter) is
     given. Probes run at most MAX_CONCURRENT at a time. Operational failures become
-    failed probes and findings; raises TransportError only when the link to the target
-    is lost during the check.
+    failed probes, findings and notes; when podman does not answer ps/inspect, the
+    report says so in `unanswered` and expected containers are `unknown`. Raises
+    TransportError only when the link to the target is lost during the check.
     """
     name = transport.name
     podman_cmd = list(target.podman) or ["podman"]
     rules = rules_for(config) if rules is None else rules
+    timing = Timing.of(config)
     report = CheckReport(name, time.time_ns())
     findings: list[Finding] = []
+    offset_ns = await node_clock_offset_ns(transport)
 
     progress(f"{name}: inventory (podman ps, inspect)")
     try:
@@ -191,16 +288,16 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
     inventory_ok = not problems
     facts_by_name = {facts.name: facts for facts in facts_list}
     expected = {n: c for n, c in config.containers.items() if c.expected_state != "absent"}
+    if problems:
+        report.unanswered = "; ".join(problems)
     for problem in problems:
         findings.append(Finding(name, "", "inventory-failed", "error", f"{name}: {problem}",
                                 "podman on the target did not answer ps/inspect as expected",
                                 "run `podman ps -a` on the target and fix what it reports", {"problem": problem}))
-    for container in sorted(set(config.containers) | set(facts_by_name)):
-        report.containers.append(ContainerEntry.of(container, config.containers.get(container),
-                                                   facts_by_name.get(container)))
     missing = [n for n in expected if n not in facts_by_name]
     progress(f"{name}: {len(facts_by_name)} containers present, {len(expected)} expected"
-             + (f", missing: {', '.join(missing)}" if missing and inventory_ok else ""))
+             + (f", missing: {', '.join(missing)}" if missing and inventory_ok else "")
+             + ("" if inventory_ok else f", podman did not answer: {report.unanswered}"))
     if store is not None:
         for facts in facts_list:
             store.add(facts.snapshot(), run_id)
@@ -222,54 +319,89 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
             obs = ProbeObs(name, planned.owner, time.time_ns(), probe_name(planned.probe), planned.probe.type,
                            False, 0.0, "", planned.skip_reason)
             return ProbeResult(obs)
-        result = await bounded(lambda: execute_probe(
+        return await bounded(lambda: execute_probe(
             transport, podman_cmd, planned.owner, planned.probe, error_patterns=planned.error_patterns,
             ignore_patterns=planned.ignore_patterns, now_ns=time.time_ns()))
-        obs = result.obs
-        progress(f"{obs.container}/{obs.probe} ({obs.probe_type}): "
-                 + (f"ok in {obs.latency_ms:.0f} ms" if obs.ok else f"FAILED: {obs.detail}"))
-        if store is not None:
-            store.add(obs, run_id)
-        return result
 
     async def logs_task(container: str) -> LogRead:
         try:
             read = await bounded(lambda: read_logs(transport, podman_cmd, container, tail=LOG_TAIL,
                                                    timeout=LOG_TIMEOUT_S))
         except TransportError as exc:
+            if not transport.connected:
+                raise
             read = LogRead((), False, f"podman logs failed: {exc.reason}")
         if not read.ok:
             progress(f"{container}: {read.detail}")
         return read
 
-    progress(f"{name}: {sum(1 for p in plan if not p.skip_reason)} probes, "
-             f"logs of {len([n for n in expected if n in facts_by_name])} containers (at most {MAX_CONCURRENT} at once)")
+    present = [container for container in expected if container in facts_by_name]
+    progress(f"{name}: {sum(1 for p in plan if not p.skip_reason)} probes (at most {MAX_CONCURRENT} at once)")
     async with asyncio.TaskGroup() as group:
         probe_tasks = [group.create_task(probe_task(planned)) for planned in plan]
-        log_tasks = {container: group.create_task(logs_task(container))
-                     for container in expected if container in facts_by_name}
     results = [task.result() for task in probe_tasks]
-    logs = {container: task.result() for container, task in log_tasks.items()}
+    if not transport.connected:
+        raise TransportError(name, ["check"], "the link to the target was lost during the check")
+
+    # Read the rest in causal order, so each read covers what the one before refers to: the
+    # state after our probes (a health check run moves podman's health state), then the
+    # events of the deaths that state implies, then the log lines of those deaths.
+    if present:
+        facts_by_name.update(await _reinspect(transport, podman_cmd, present, store, run_id))
+    runs = results  # as they ran: what podman's health log got from us
+    results = [dataclasses.replace(r, obs=judge_health_probe(r, facts_by_name.get(r.obs.container)))
+               for r in results]
+    skipped = {(p.owner, probe_name(p.probe)) for p in plan if p.skip_reason}
+    for result in results:
+        obs = result.obs
+        if (obs.container, obs.probe) not in skipped:
+            progress(f"{obs.container}/{obs.probe} ({obs.probe_type}): "
+                     + (f"ok in {obs.latency_ms:.0f} ms" if obs.ok else f"FAILED: {obs.detail}"))
+        if store is not None:
+            store.add(obs, run_id)
     report.probes = [result.obs for result in results]
+    for container in sorted(set(config.containers) | set(facts_by_name)):
+        report.containers.append(ContainerEntry.of(container, config.containers.get(container),
+                                                   facts_by_name.get(container), inventory_ok))
+
+    # how the containers died: podman's events, and the kernel's OOM killer
+    windows = {c: w for c in present if (w := _death_window_start(facts_by_name[c], timing)) is not None}
+    deaths: dict[str, list[Death]] = {}
+    oom: OomScan | None = None
+    if windows:
+        since = min(windows.values())
+        ids = [facts_by_name[c].id for c in windows]
+        progress(f"{name}: how {', '.join(sorted(windows))} died (podman events, kernel log)")
+        deaths, note = await read_deaths(transport, podman_cmd, ids, since)
+        if note:
+            report.notes.append(note)
+        oom = await oom_kills(transport, ids, since - OOM_SLACK_NS)
+        if not oom.available:
+            report.notes.append(f"kernel log unavailable, OOM kills can only be likely: {oom.reason}")
+
+    progress(f"{name}: logs of {len(present)} containers")
+    async with asyncio.TaskGroup() as group:
+        log_tasks = {container: group.create_task(logs_task(container)) for container in present}
+    logs = {container: task.result() for container, task in log_tasks.items()}
     if not transport.connected:
         raise TransportError(name, ["check"], "the link to the target was lost during the check")
 
     progress(f"{name}: policies and diagnosis")
+    now_ns = time.time_ns() + offset_ns
     for container, own in expected.items():
         facts = facts_by_name.get(container)
         if facts is None:
             continue
-        own_results = [r for r in results if r.obs.container == container]
         evidence = Evidence.build(
             name, container, facts, expected_state=own.expected_state,
-            lines=logs[container].lines, error_patterns=config.error_patterns(container),
+            records=logs[container].records, error_patterns=config.error_patterns(container),
             ignore_patterns=own.log_ignore,
-            health_runs=[record for r in own_results if r.obs.probe_type == "podman-healthcheck"
-                         and (record := _health_record(r)) is not None],
-            probes=[r.obs for r in own_results],
+            health_runs=[record for r in runs if r.obs.container == container
+                         and r.obs.probe_type == "podman-healthcheck" and (record := _health_record(r)) is not None],
+            probes=[r.obs for r in results if r.obs.container == container], deaths=deaths.get(facts.id, ()),
+            oom=oom if container in windows else None, now_ns=now_ns, timing=timing,
         )
-        prior = check_policies(facts, config, evidence.lines)
-        findings.extend(prior)
+        prior = check_policies(facts, config, evidence.lines, failing=evidence.failing)
         findings.extend(diagnose(evidence, rules, prior))
     for service in config.services:
         evidence = Evidence.build(name, service, None, probes=[r.obs for r in results if r.obs.container == service])
@@ -290,6 +422,24 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
     return report
 
 
+async def _reinspect(transport: Transport, podman_cmd: list[str], names: list[str], store: Any,
+                     run_id: int | None) -> dict[str, podman.InspectFacts]:
+    """Fresh inspect facts of `names` (those podman still has); empty when inspect fails."""
+    try:
+        result = await transport.run(podman.inspect_cmd(podman_cmd, names), timeout=60)
+    except TransportError:
+        if not transport.connected:
+            raise
+        return {}
+    facts = podman.parse_inspect(result.stdout, transport.name, time.time_ns())
+    if isinstance(facts, podman.ParseError):
+        return {}
+    if store is not None:
+        for fact in facts:
+            store.add(fact.snapshot(), run_id)
+    return {fact.name: fact for fact in facts}
+
+
 # ---------------------------------------------------------------- terminal
 
 
@@ -303,7 +453,7 @@ def render_table(report: CheckReport) -> Any:
     for column in ("container", "expected", "state", "health", "restarts", "policy", "memory", "image"):
         containers.add_column(column)
     for entry in report.containers:
-        style = "red" if entry.state == "missing" or (entry.expected_state in RUNNING_STATES
+        style = "red" if entry.state in ("missing", "unknown") or (entry.expected_state in RUNNING_STATES
                                                      and entry.state != "running") else ""
         containers.add_row(Text(entry.name), Text(entry.expected_state or "-"), Text(entry.state, style=style),
                            Text(entry.health or "-"), Text(str(entry.restarts)), Text(entry.restart_policy or "-"),
@@ -332,6 +482,9 @@ def render_table(report: CheckReport) -> Any:
     parts: list[Any] = [containers, probes]
     if report.findings:
         parts.append(findings)
+    if report.unanswered:
+        parts.append(Text(f"podman did not answer: {report.unanswered}", style="bold red"))
+    parts.extend(Text(f"note: {note}", style="dim") for note in report.notes)
     parts.append(verdict)
     return Group(*parts)
 

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from agent.config import Config, TargetConfig, config_from_dict, load_config, resolve_target
 from agent.errors import (
+    ConfigError,
     EXIT_FAIL,
     EXIT_OK,
     EXIT_USAGE,
@@ -241,6 +242,20 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
 
 # ---------------------------------------------------------------- check
 
+def error_json(exc: PodwardenError) -> dict[str, Any]:
+    """An error as the `error` object of a --json document: kind, exit code, message and its facts."""
+    kinds = ((ConfigError, "config"), (UsageError, "usage"), (TargetUnreachable, "unreachable"))
+    document: dict[str, Any] = {
+        "kind": next((kind for cls, kind in kinds if isinstance(exc, cls)), type(exc).__name__),
+        "exit_code": exc.exit_code, "message": exc.message,
+    }
+    if isinstance(exc, ConfigError):
+        document.update(file=exc.path, key=exc.key, problem=exc.problem)
+    if isinstance(exc, TargetUnreachable):
+        document.update(target=exc.target, reason=exc.reason)
+    return document
+
+
 @cli.command()
 @click.option("--all-targets", is_flag=True, help="Check every target in the config.")
 @click.option("--no-store", is_flag=True, help="Don't record the probes and findings in the store.")
@@ -249,24 +264,55 @@ def check(opts: Options, all_targets: bool, no_store: bool) -> int:
     """Baseline of a node: inventory, every probe, every policy, recent log errors, diagnosis.
 
     Findings name the container, the rule, the cause and the fix. Probes and findings
-    are stored with the run unless --no-store.
+    are stored with the run unless --no-store; every stored run ends with a verdict
+    (pass, fail, unreachable, error or interrupted).
 
     \b
     Example:
       podwarden check
       podwarden check --json | jq '.findings[] | {container, rule, cause}'
-    Exit 0 when everything passes, 1 when anything fails, 3 when unreachable.
+    Exit 0 when everything passes, 1 when anything fails, 2 for a bad config, 3 when the
+    target (or podman on it) does not answer; with --json, one JSON document in every case.
     """
-    from agent.check import render_table, run_check
+    from agent.check import CheckReport, render_table, run_check
 
-    config = opts.load_config()
-    targets = _targets(opts, config, all_targets)
+    try:
+        config = opts.load_config()
+        targets = _targets(opts, config, all_targets)
+    except PodwardenError as exc:
+        if opts.json:
+            print_json({"verdict": "fail", "error": error_json(exc)})
+        raise
     db = opts.db_path(config)
 
+    async def check_one(target: TargetConfig, store: Any, run_id: int | None
+                        ) -> tuple[CheckReport | None, TargetUnreachable | None]:
+        try:
+            async with make_transport(target) as transport:
+                report = await run_check(transport, config, target, store=store, run_id=run_id, progress=progress)
+        except TargetUnreachable as exc:
+            return None, exc
+        except TransportError as exc:
+            return None, TargetUnreachable(target.name, f"link lost during the check: {exc.reason}")
+        if report.unanswered:
+            return report, TargetUnreachable(target.name, f"podman did not answer: {report.unanswered}")
+        return report, None
+
+    def document(target: TargetConfig, report: CheckReport | None, failure: TargetUnreachable | None) -> dict:
+        if report is not None:
+            out = report.to_json()
+        else:
+            out = {"target": target.name, "verdict": "fail", "findings": [], "probes": [], "containers": []}
+        if failure is not None:
+            out["error"] = error_json(failure)
+        return out
+
     async def go() -> int:
-        reports = []
+        nonlocal printed
+        outcomes: list[tuple[TargetConfig, CheckReport | None, TargetUnreachable | None]] = []
         store = None
         run_id = None
+        stored = "error"  # what the run ends with if something escapes below
         if not no_store:
             from store import StoreWriter
 
@@ -276,33 +322,48 @@ def check(opts: Options, all_targets: bool, no_store: bool) -> int:
                 run_id = await store.start_run("check", [t.name for t in targets],
                                                json.loads(config.model_dump_json(exclude={"path"})))
             for target in targets:
-                try:
-                    async with make_transport(target) as transport:
-                        reports.append(await run_check(transport, config, target, store=store, run_id=run_id,
-                                                       progress=progress))
-                except TransportError as exc:
-                    raise TargetUnreachable(target.name, f"link lost during the check: {exc.reason}") from None
-            verdict = "pass" if all(r.passed for r in reports) else "fail"
-            if store is not None:
-                await store.end_run(run_id, verdict)
+                outcomes.append((target, *await check_one(target, store, run_id)))
+            failures = [failure for _, _, failure in outcomes if failure is not None]
+            passed = not failures and all(report is not None and report.passed for _, report, _ in outcomes)
+            verdict = "pass" if passed else "fail"
+            stored = "unreachable" if failures else verdict
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            stored = "interrupted"
+            raise
         finally:
             if store is not None:
-                await asyncio.shield(store.close())
+                try:
+                    if run_id is not None:
+                        await asyncio.shield(store.end_run(run_id, stored))
+                finally:
+                    await asyncio.shield(store.close())
         if opts.json:
-            if len(reports) == 1:
-                print_json({**reports[0].to_json(), "run_id": run_id})
+            if len(outcomes) == 1:
+                print_json({**document(*outcomes[0]), "run_id": run_id})
             else:
-                print_json({"verdict": verdict, "run_id": run_id, "targets": [r.to_json() for r in reports]})
+                print_json({"verdict": verdict, "run_id": run_id,
+                            "targets": [document(*outcome) for outcome in outcomes],
+                            **({"error": error_json(failures[0])} if failures else {})})
         else:
-            for report in reports:
-                out.print(render_table(report))
-            if len(reports) > 1:
+            for _, report, _ in outcomes:
+                if report is not None:
+                    out.print(render_table(report))
+            if len(outcomes) > 1:
                 out.print(f"verdict: [bold {'green' if verdict == 'pass' else 'red'}]{verdict}[/]")
             if run_id is not None:
                 err.print(f"stored as run {run_id} in {db}", markup=False)
+        printed = True
+        if failures:
+            raise failures[0]
         return EXIT_OK if verdict == "pass" else EXIT_FAIL
 
-    return run_async(go())
+    printed = False  # the JSON document is out: an error after it needs no second one
+    try:
+        return run_async(go())
+    except PodwardenError as exc:
+        if opts.json and not printed:
+            print_json({"verdict": "fail", "error": error_json(exc)})
+        raise
 
 
 # ---------------------------------------------------------------- testbed

@@ -68,6 +68,25 @@ def validate_regexes(patterns: list[str] | None) -> list[str] | None:
     return patterns
 
 
+def validate_regex(pattern: str | None) -> str | None:
+    """Return `pattern` if it compiles (None passes); raises ValueError naming it."""
+    if pattern is not None:
+        validate_regexes([pattern])
+    return pattern
+
+
+RESTART_POLICY_RE = re.compile(r"no|always|unless-stopped|on-failure(?::\d+)?")
+
+
+def validate_restart_policies(policies: list[str] | None) -> list[str] | None:
+    """Return `policies` if each is spelled as podman's --restart takes it; raises ValueError."""
+    for policy in policies or []:
+        if not isinstance(policy, str) or RESTART_POLICY_RE.fullmatch(policy) is None:
+            raise ValueError(f"unknown restart policy {policy!r}: use podman's spellings: no, on-failure, "
+                             "on-failure:N (N restarts at most), always, unless-stopped")
+    return policies
+
+
 def validate_container_name(name: str) -> str:
     """Return `name` if podman would accept it as a container name; raises ValueError."""
     if not isinstance(name, str) or CONTAINER_NAME_RE.fullmatch(name) is None:
@@ -128,7 +147,11 @@ class TargetConfig(_Strict):
 
 class _Probe(_Strict):
     name: str | None = None
-    timeout: Duration = 10.0
+    # zero would fail every run before it starts: a probe needs time to answer
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0
+
+    # compiled at load, so a bad pattern is a config error naming its key, not a crash mid-check
+    _expect_regex = field_validator("expect_regex", check_fields=False)(validate_regex)
 
 
 class ExecProbe(_Probe):
@@ -143,21 +166,48 @@ class ExecProbe(_Probe):
 
 
 class HttpProbe(_Probe):
-    """A URL on the node, fetched through the target's link (no curl needed there)."""
+    """A URL on the node, fetched through the target's link (no curl needed there).
+
+    https:// is verified against the system CA store, or `ca_file` (a PEM file on this
+    machine, e.g. a copy of lnd's tls.cert), or a pinned `cert_sha256`; only
+    `insecure_skip_verify = true` turns verification off.
+    """
 
     type: Literal["http"]
     url: str
     expect_status: int = 200
     expect_json: dict[str, Any] = Field(default_factory=dict)
     expect_regex: str | None = None
+    ca_file: str | None = None
+    cert_sha256: str | None = None
+    insecure_skip_verify: bool = False
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"invalid url {value!r}: use http://HOST:PORT/PATH")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"invalid url {value!r}: use http://HOST:PORT/PATH or https://HOST:PORT/PATH")
         return value
+
+    @field_validator("cert_sha256")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        from agent.http import normalize_fingerprint  # agent.http imports nothing from the project
+
+        return None if value is None else normalize_fingerprint(value)
+
+    @model_validator(mode="after")
+    def _tls_keys_need_https(self) -> "HttpProbe":
+        tls_keys = [key for key in ("ca_file", "cert_sha256") if getattr(self, key)]
+        if self.insecure_skip_verify:
+            tls_keys.append("insecure_skip_verify")
+        if tls_keys and urlsplit(self.url).scheme != "https":
+            raise ValueError(f"{', '.join(tls_keys)} only apply to https:// URLs, not {self.url!r}")
+        if self.insecure_skip_verify and len(tls_keys) > 1:
+            raise ValueError("insecure_skip_verify = true turns verification off: drop ca_file/cert_sha256, "
+                             "or drop insecure_skip_verify to verify with them")
+        return self
 
 
 class TcpProbe(_Probe):
@@ -194,7 +244,16 @@ Probe = Annotated[
     Field(discriminator="type"),
 ]
 
-DEFAULT_ERROR_PATTERNS = [r"(?i)\b(error|fail(ed|ure)?|panic|fatal|crash|unable|refused|timeout|permission denied)\b"]
+# An error word, except
+# - on a line that ends by reporting success (`permission denied for anonymous, retrying as
+#   user: ok`): the line tells of an error already handled;
+# - as the key of a zero, number, false or null value (`error=0`, `timeout=30s`,
+#   `failed=false`, `"error": null`): a counter or a setting, not an error.
+DEFAULT_ERROR_PATTERNS = [
+    r"(?i)^(?!.*[:=]\s*(?:ok|okay|succeeded|success|recovered)\W*$).*?"
+    r"\b(error|fail(ed|ure)?|panic|fatal|crash|unable|refused|timeout|permission denied)\b"
+    r"(?!\s*=\s*(?:[-+]?\d|false\b|none\b|nil\b|null\b|<nil>|\"\"|'')|\"\s*:\s*(?:[-+]?\d|false\b|null\b))"
+]
 # Words one of which every match of DEFAULT_ERROR_PATTERNS contains (lower-cased): a cheap prefilter.
 DEFAULT_ERROR_WORDS = ("error", "fail", "panic", "fatal", "crash", "unable", "refused", "timeout", "permission denied")
 
@@ -223,9 +282,10 @@ class ContainerConfig(_Strict):
     log_ignore: list[str] = Field(default_factory=list)
     policies: dict[str, bool] = Field(default_factory=dict)
     restart_policies: list[str] | None = None
-    healthcheck_interval: Duration | None = None
+    healthcheck_interval: Annotated[Duration, Field(gt=0)] | None = None
 
     _regexes = field_validator("log_errors", "log_ignore")(validate_regexes)
+    _restart_policies = field_validator("restart_policies")(validate_restart_policies)
 
     @field_validator("policies")
     @classmethod
@@ -244,7 +304,7 @@ class ServiceConfig(_Strict):
     status_command: list[str] | None = None
     kill_command: list[str] | None = None
     start_command: list[str] | None = None
-    restart_deadline: Duration = 30.0
+    restart_deadline: Annotated[Duration, Field(gt=0)] = 30.0
     probes: list[Probe] = Field(default_factory=list)
 
 
@@ -254,7 +314,7 @@ class MachineConfig(_Strict):
     """Crash-loop detection thresholds for the container state machines."""
 
     crashloop_deaths: int = Field(default=3, ge=1)
-    crashloop_window: Duration = 300.0
+    crashloop_window: Annotated[Duration, Field(gt=0)] = 300.0
     stable_period: Duration = 600.0
 
 
@@ -293,7 +353,9 @@ class RuleMatchConfig(_Strict):
     FACTS: ClassVar[tuple[str, ...]] = (
         "status", "running", "exit_code", "restart_count", "restart_policy", "health", "memory",
         "image", "image_tag", "read_only", "oom_killed", "user", "network_mode", "stopped_by_user",
-        "has_mount", "dac_override", "has_healthcheck", "expected_state",
+        "has_mount", "has_ro_mount", "dac_override", "has_healthcheck", "expected_state",
+        # the present state as podman and [machine] judge it (agent/diagnosis.py)
+        "stable", "crash_looping", "failing", "death_kind", "health_failing_streak",
     )
 
     log: str | None = None
@@ -348,6 +410,9 @@ class RuleConfig(_Strict):
     fix: str
     explains: list[Literal["state", "health", "logs"]] = Field(default_factory=list)
     fallback: bool = False
+    # a generic finding (a crash loop, a container down) becomes evidence of a specific finding
+    # that explains the same container's state, instead of a second error
+    generic: bool = False
     superseded_by: list[str] = Field(default_factory=list)
 
     @field_validator("match", mode="before")
@@ -403,6 +468,7 @@ class DefaultsConfig(_Strict):
     restart_policies: list[str] | None = None
 
     _regexes = field_validator("log_errors")(validate_regexes)
+    _restart_policies = field_validator("restart_policies")(validate_restart_policies)
 
 
 class GeneralConfig(_Strict):

@@ -12,9 +12,11 @@ from typing import Iterable, Sequence
 from agent.config import POLICY_RULES, Config, ContainerConfig
 from agent.diagnosis import (
     PERMISSION_DENIED,
+    Evidence,
     Finding,
     image_tag,
     keeps_dac_override,
+    restart_policy_spelled,
     writable_mounts,
 )
 from agent.podman import InspectFacts
@@ -37,21 +39,44 @@ def _finding(facts: InspectFacts, rule: str, severity: str, message: str, cause:
                    frozenset(explains), frozenset(explained_lines))
 
 
+def restart_policy_allowed(facts: InspectFacts, allowed: Sequence[str]) -> bool:
+    """Whether the container's restart policy is in `allowed`, spelled as podman's --restart takes it.
+
+    `on-failure` allows any retry limit; `on-failure:5` allows exactly that one.
+    """
+    policy = facts.restart_policy or "no"
+    return policy in allowed or restart_policy_spelled(facts) in allowed
+
+
+def _restart_policy_does(facts: InspectFacts) -> str:
+    policy = facts.restart_policy or "no"
+    if policy == "no":
+        return "podman never restarts this container: a crash, a clean exit and a reboot all leave it down"
+    if policy == "on-failure":
+        limit = (f", and gives up after {facts.restart_max_retries} restarts" if facts.restart_max_retries else "")
+        return ("podman restarts this container only after a non-zero exit" + limit
+                + ": a clean exit (status 0) stays down")
+    if policy == "always":
+        return "podman restarts this container after every exit, and after a reboot"
+    if policy == "unless-stopped":
+        return "podman restarts this container after every exit except a user's stop"
+    return f"podman applies its restart policy {policy}"
+
+
 def check_restart_policy(facts: InspectFacts, allowed: Sequence[str] = DEFAULT_RESTART_POLICIES) -> Finding | None:
     """The restart policy is one of `allowed` (default always / unless-stopped)."""
-    policy = facts.restart_policy or "no"
-    if policy in allowed:
+    if restart_policy_allowed(facts, allowed):
         return None
+    policy = facts.restart_policy or "no"
     retries = f" (max {facts.restart_max_retries} retries)" if policy == "on-failure" and facts.restart_max_retries else ""
+    wanted = next((p for p in allowed if p in ("unless-stopped", "always")), allowed[0] if allowed else "unless-stopped")
     return _finding(
         facts, "restart-policy", "error",
-        f"{facts.name} has restart policy {policy}{retries}; allowed: {', '.join(allowed)}",
-        "podman restarts this container only "
-        + ("after a non-zero exit: a clean exit (status 0) stays down"
-           if policy == "on-failure" else "never" if policy == "no" else f"under policy {policy}"),
-        f"recreate the container with --restart={allowed[0] if allowed else 'unless-stopped'} "
-        "(the restart policy is fixed at creation on podman 4)",
-        {"restart_policy": policy, "allowed": list(allowed), "max_retries": facts.restart_max_retries},
+        f"{facts.name} has restart policy {policy}{retries}; allowed: {', '.join(allowed) or 'none'}",
+        _restart_policy_does(facts),
+        f"recreate the container with --restart={wanted} (the restart policy is fixed at creation on podman 4)",
+        {"restart_policy": restart_policy_spelled(facts), "allowed": list(allowed),
+         "max_retries": facts.restart_max_retries},
     )
 
 
@@ -86,9 +111,16 @@ def check_image_pinned(facts: InspectFacts) -> Finding | None:
     )
 
 
-def check_caps(facts: InspectFacts, lines: Iterable[str] = ()) -> Finding | None:
-    """cap-drop ALL without DAC_OVERRIDE, a writable volume, and Permission denied in its log."""
-    if keeps_dac_override(facts):
+def check_caps(facts: InspectFacts, lines: Iterable[str] = (), *, failing: bool | None = None) -> Finding | None:
+    """cap-drop ALL without DAC_OVERRIDE, a writable volume, Permission denied in its log, and a fault now.
+
+    `lines` are the present's log lines; `failing` whether the present state shows a
+    fault (Evidence.failing; None: judged from `facts` alone). A permission line on a
+    healthy container is no cause of anything.
+    """
+    if failing is None:
+        failing = Evidence.build(facts.target, facts.name, facts, expected_state="running").failing
+    if not failing or keeps_dac_override(facts):
         return None
     mounts = writable_mounts(facts)
     if not mounts:
@@ -140,14 +172,15 @@ def missing_finding(target: str, name: str, container: ContainerConfig | None) -
         target, name, "missing", "error",
         f"{name}{role} is expected but does not exist on {target}",
         "the container was never created, or was removed (podman rm, a failed deploy or recreate)",
-        f"create it from its spec (`podman run --name {name} ...`) and check the deploy that should have",
+        f"create it from its spec (`podman run --name {name} ...`) and check the deploy that should have created it",
         {"expected_state": container.expected_state if container is not None else "running"},
         frozenset({"state", "health"}),
     )
 
 
-def check_policies(facts: InspectFacts, config: Config, lines: Iterable[str] = ()) -> list[Finding]:
-    """Every enabled policy of one present container; `lines` are its recent log lines (for caps)."""
+def check_policies(facts: InspectFacts, config: Config, lines: Iterable[str] = (), *,
+                   failing: bool | None = None) -> list[Finding]:
+    """Every enabled policy of one present container; `lines` and `failing` are for caps (see check_caps)."""
     own = config.containers.get(facts.name)
     findings: list[Finding | None] = []
     if policy_enabled(own, "restart-policy"):
@@ -157,7 +190,7 @@ def check_policies(facts: InspectFacts, config: Config, lines: Iterable[str] = (
     if policy_enabled(own, "image-pinned"):
         findings.append(check_image_pinned(facts))
     if policy_enabled(own, "caps"):
-        findings.append(check_caps(facts, lines))
+        findings.append(check_caps(facts, lines, failing=failing))
     if policy_enabled(own, "read-only-rootfs"):
         findings.append(check_read_only_rootfs(facts))
     return [f for f in findings if f is not None]

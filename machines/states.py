@@ -15,7 +15,7 @@ class State(StrEnum):
     RUNNING = "running"
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
-    STOPPED = "stopped"  # stopped by a user: podman stop / podman kill
+    STOPPED = "stopped"  # stopped on purpose: a user's (or podwarden's) podman stop / podman kill
     EXITED = "exited"  # died on its own
     RESTARTING = "restarting"
     CRASHLOOPING = "crashlooping"

@@ -2,7 +2,9 @@
 
 The testbed (prefix `tbc-`, port_base 20330) is brought up clean (the check passes),
 with `health-missing-binary` alone (on its own because with `indexer-lock-permission`
-the indexer crash-loops and its check rarely gets to run), and with every fault on
+the indexer crash-loops and its check rarely gets to run), with `indexer-lock-permission`
+alone (one finding for the indexer: the permission cause, its crash loop the evidence),
+and with every fault on
 plus `podman stop` of the node (so `dependent-dies` and the stop limitation show).
 Each fault must yield its finding, for the right container, with the right cause.
 """
@@ -108,7 +110,7 @@ def test_clean_testbed_passes(root_target, testbed_down):
             (INDEXER, "port"), (NODE_UI, "http"), (BACKEND, "health"), (BACKEND, "active")} <= probes
     inventory = {c["name"]: c for c in document["containers"]}
     assert all(inventory[name]["state"] == "running" and inventory[name]["expected"] for name in NAMES.values())
-    assert any("probes, logs of 6 containers" in m for m in messages) and messages[-1].endswith("0 failed probe(s) of 14")
+    assert any(m.endswith(": logs of 6 containers") for m in messages) and messages[-1].endswith("0 failed probe(s) of 14")
     assert took < 90
 
 
@@ -125,6 +127,21 @@ def test_health_check_calling_a_missing_binary(root_target, testbed_down):
     failed = [(p["container"], p["probe"]) for p in report.to_json()["probes"] if not p["ok"]]
     assert failed == [(INDEXER, "healthcheck")]
     assert report.verdict == "fail"
+
+
+def test_a_crash_loop_on_a_locked_volume_is_one_finding(root_target, testbed_down):
+    def looping() -> None:
+        wait_for(lambda: state(INDEXER)["RestartCount"] >= 3, 30, "the indexer to crash-loop")
+
+    report, _, _, took = up_and_check(root_target, ["indexer-lock-permission"], before_check=looping)
+    indexer = {key[1]: f for key, f in findings_by(report).items() if key[0] == INDEXER}
+    assert list(indexer) == ["caps"], {rule: f["message"] for rule, f in indexer.items()}
+    caps = indexer["caps"]
+    assert "utxo/LOCK: Permission denied" in caps["message"] and "restarted" in caps["message"]
+    loop = caps["evidence"]["crash-loop"]
+    assert loop["facts"]["restart_count"] >= 3 and "Permission denied" in loop["message"]
+    assert caps["evidence"]["death"]["kind"] == "exit"
+    assert took < 60
 
 
 # ---------------------------------------------------------------- every fault at once
@@ -151,8 +168,12 @@ def test_every_fault_is_diagnosed(root_target, testbed_down, tmp_path):
     assert "DAC_OVERRIDE" in caps["cause"] and "--cap-add=DAC_OVERRIDE" in caps["fix"]
     assert "rootless uid mapping" in caps["fix"]
     assert (INDEXER, "volume-permission-denied") not in found  # the policy supersedes the rule
-    loop = found[INDEXER, "crash-loop"]
-    assert loop["evidence"]["facts"]["restart_count"] >= 3 and "Permission denied" in loop["message"]
+    # one finding per root cause: the crash loop is the permission finding's evidence, not a second error
+    # (its health check calling curl, the health-missing-binary fault, is another cause when a run gets in)
+    assert [key for key, f in found.items() if key[0] == INDEXER and f["severity"] == "error"
+            and key[1] != "healthcheck-missing-binary"] == [(INDEXER, "caps")]
+    loop = caps["evidence"]["crash-loop"]
+    assert loop["facts"]["restart_count"] >= 3 and "Permission denied" in loop["message"]
 
     # health-needs-credentials: the seed's lnd
     credentials = found[LIGHTNING, "healthcheck-needs-credentials"]

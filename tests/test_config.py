@@ -102,3 +102,74 @@ def test_targets_resolve():
         resolve_target(config, "node2")
     with pytest.raises(UsageError, match="invalid --target"):
         resolve_target(config, "ssh://host:notaport")
+
+
+# ---------------------------------------------------------------- mistakes caught at load, not mid-check
+
+@pytest.mark.parametrize("probe, key", [
+    ({"type": "exec", "command": ["tb-cli"], "expect_regex": "("}, "containers.a.probes.0.expect_regex"),
+    ({"type": "http", "url": "http://127.0.0.1:1/", "expect_regex": "[z-a]"}, "containers.a.probes.0.expect_regex"),
+])
+def test_a_bad_expect_regex_is_a_config_error_naming_the_key(probe, key):
+    message = _error({"containers": {"a": {"probes": [probe]}}})
+    assert message.startswith(f"node.toml: {key}: invalid regular expression")
+
+
+@pytest.mark.parametrize("timeout", [0, "0s", "0ms"])
+def test_a_zero_probe_timeout_is_refused(timeout):
+    message = _error({"containers": {"a": {"probes": [{"type": "tcp", "port": 1, "timeout": timeout}]}}})
+    assert "containers.a.probes.0.timeout" in message and "greater than 0" in message
+
+
+def test_restart_policies_take_podmans_spellings():
+    config = config_from_dict({"defaults": {"restart_policies": ["on-failure:5", "unless-stopped"]},
+                               "containers": {"a": {"restart_policies": ["no", "always", "on-failure"]}}})
+    assert config.restart_policies("a") == ["no", "always", "on-failure"]
+    assert config.restart_policies("b") == ["on-failure:5", "unless-stopped"]
+    for where in ({"containers": {"a": {"restart_policies": ["alwayz"]}}},
+                  {"defaults": {"restart_policies": ["on-failure:x"]}}):
+        message = _error(where)
+        assert "unknown restart policy" in message and "on-failure:N" in message
+
+
+def test_every_regex_in_config_is_compiled_at_load():
+    bad = "("
+    for data in ({"containers": {"a": {"log_errors": [bad]}}}, {"containers": {"a": {"log_ignore": [bad]}}},
+                 {"defaults": {"log_errors": [bad]}}, {"redaction": {"patterns": [bad]}},
+                 {"rules": [{"name": "r", "match": {"log": bad}, "cause": "c", "fix": "f"}]},
+                 {"containers": {"a": {"probes": [{"type": "exec", "command": ["x"], "expect_regex": bad}]}}}):
+        assert "invalid regular expression" in _error(data), data
+
+
+# ---------------------------------------------------------------- the default error pattern
+
+import re  # noqa: E402
+
+from agent.config import DEFAULT_ERROR_PATTERNS, DEFAULT_ERROR_WORDS  # noqa: E402
+
+DEFAULT = re.compile(DEFAULT_ERROR_PATTERNS[0])
+
+
+@pytest.mark.parametrize("line", [
+    "ERROR: disk full", "level=error msg=boom", 'error="disk full"', "connection refused", "FATAL: 1 worker died",
+    "touch: /data/utxo/LOCK: Permission denied", "error=0 and then a real failure", "request timeout after 30s",
+    "retry failed: okapi not reachable",
+])
+def test_default_pattern_finds_errors(line):
+    assert DEFAULT.search(line)
+
+
+@pytest.mark.parametrize("line", [
+    "error=0", "stats: error=0 warnings=0", "config: timeout=30s retries=3", "failed=false", '{"error":null}',
+    '{"errors":0,"error": 0}', "error=<nil>", "permission denied for anonymous, retrying as user: ok",
+    "upload failed, retried: succeeded",
+])
+def test_default_pattern_skips_counters_settings_and_handled_errors(line):
+    assert not DEFAULT.search(line)
+
+
+@given(st.text(alphabet=st.sampled_from("errofailtmeuEROK=:0 \"ok,-x"), max_size=40))
+def test_every_default_match_holds_a_prefilter_word(line):
+    match = DEFAULT.search(line)
+    if match is not None:
+        assert any(word in match.group(0).lower() for word in DEFAULT_ERROR_WORDS)

@@ -63,6 +63,28 @@ def test_restart_policy_on_failure_mentions_clean_exits_and_retries():
     assert "clean exit" in finding.cause
 
 
+@pytest.mark.parametrize("allowed, ok", [
+    (["on-failure"], True), (["on-failure:3"], True), (["on-failure:5"], False), (["always"], False),
+])
+def test_restart_policy_in_podman_spellings(allowed, ok):
+    web = facts("inspect-4.3-web-healthy")  # on-failure:3
+    assert (check_restart_policy(web, allowed) is None) is ok
+
+
+@pytest.mark.parametrize("capture, changes, says", [
+    ("inspect-tbc-indexer-ui-allfaults", {}, "podman never restarts this container: a crash, a clean exit and "
+                                              "a reboot all leave it down"),
+    ("inspect-tbc-lightning-allfaults", {}, "podman restarts this container only after a non-zero exit: a clean "
+                                            "exit (status 0) stays down"),
+    ("inspect-4.3-web-healthy", {}, "podman restarts this container only after a non-zero exit, and gives up "
+                                    "after 3 restarts: a clean exit (status 0) stays down"),
+])
+def test_restart_policy_cause_reads_right(capture, changes, says):
+    finding = check_restart_policy(facts(capture, **changes))
+    assert finding.cause == says
+    assert "only never" not in finding.cause
+
+
 def test_restart_policy_allowed_set_comes_from_config():
     config = config_from_dict({"containers": {"pwp-web": {"restart_policies": ["on-failure"]}},
                                "defaults": {"restart_policies": ["unless-stopped"]}})
@@ -139,9 +161,17 @@ def test_caps_quiet_when_a_condition_is_missing(why, changes, lines):
 def test_caps_from_effective_caps_of_the_captured_web_container():
     # cap-drop ALL + cap-add NET_BIND_SERVICE, a read-only bind mount: no writable volume
     web = facts("inspect-4.3-web-healthy")
-    assert check_caps(web, ["open /data/x: permission denied"]) is None
+    assert check_caps(web, ["open /data/x: permission denied"], failing=True) is None
     writable = dataclasses.replace(web, mounts=(podman.MountFacts("volume", "webdata", "/data", True),))
-    assert check_caps(writable, ["open /data/x: permission denied"]) is not None
+    assert check_caps(writable, ["open /data/x: permission denied"], failing=True) is not None
+
+
+def test_caps_needs_a_fault_now_not_one_line_on_a_healthy_container():
+    # the web container runs healthy: one permission line (was an error) is no cause of anything
+    web = facts("inspect-4.3-web-healthy", mounts=(podman.MountFacts("volume", "webdata", "/data", True),))
+    assert check_caps(web, ["open /data/x: permission denied"]) is None
+    died = dataclasses.replace(web, status="exited", running=False, exit_code=1)
+    assert check_caps(died, ["open /data/x: permission denied"]) is not None
 
 
 # ---------------------------------------------------------------- read-only rootfs
