@@ -7,12 +7,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import asyncssh
 
 from agent import podman
 from agent.config import Config, ServiceConfig
 from agent.errors import CommandTimeout, TransportError
-from agent.transport import Transport, http_get
+from agent.http import http_get
+from agent.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ async def service_status(transport: Transport, service: ServiceConfig) -> Servic
                     health = f"status {body['status']}"
             except ValueError:
                 pass
-        except (OSError, TimeoutError, ValueError, asyncssh.Error) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             if not transport.connected:
                 raise TransportError(transport.name, ["GET", service.health_url], f"link lost: {exc}") from None
             health = "down"

@@ -2,7 +2,7 @@
 
 One interface, two implementations: LocalTransport (asyncio subprocess) and
 SshTransport (asyncssh, one connection reused for every channel). Lines are decoded
-by us with errors='replace' (LIBRARIES.md: asyncssh's own decoding kills the whole
+by us with errors='replace' (docs/library-facts.md: asyncssh's own decoding kills the whole
 connection on one bad byte) and over-long lines are cut, never fatal.
 """
 
@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Sequence
-from urllib.parse import urlsplit
 
 import asyncssh
 
@@ -31,7 +30,7 @@ MAX_LINE = 1 << 20  # a longer line is cut here and marked; the rest of it is dr
 STDERR_TAIL_LINES = 50
 
 # Kills the remote command when our channel's stdin closes: without a PTY, closing a
-# channel does not kill the remote process (LIBRARIES.md, asyncssh).
+# channel does not kill the remote process (docs/library-facts.md, asyncssh).
 _GUARD = (
     "exec 3<&0; {cmd} </dev/null & c=$!; "
     "{{ cat <&3 >/dev/null; kill $c; }} >/dev/null 2>&1 & w=$!; "
@@ -50,50 +49,58 @@ def guarded(argv: Sequence[str]) -> str:
 
 
 class LineSplitter:
-    """Splits a byte stream into decoded lines; bounded memory for endless lines."""
+    """Splits a byte stream into decoded lines; bounded memory for endless lines.
 
-    def __init__(self, max_line: int = MAX_LINE) -> None:
+    Splits on `\n` only and keeps every other byte (a `\r` is the container's own).
+    A line longer than `max_line` bytes is cut at exactly `max_line` bytes, whatever
+    the chunks it arrived in, so a live read and a re-read give the same text.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE, errors: str = "replace") -> None:
+        """`errors`: how undecodable bytes are decoded ("surrogateescape" keeps them
+        recoverable, for a reader that joins pieces before decoding for good)."""
         self._buf = bytearray()
         self._max = max_line
-        self._dropping = 0  # bytes dropped from the current over-long line
+        self._errors = errors
+        self._dropping = False  # inside the tail of an over-long line
 
     def feed(self, chunk: bytes) -> list[str]:
         """Lines completed by `chunk` (without their newline)."""
         lines: list[str] = []
         self._buf += chunk
+        start = 0
+        buf = self._buf
         while True:
-            index = self._buf.find(b"\n")
+            index = buf.find(b"\n", start)
             if index < 0:
                 break
-            lines.append(self._emit(bytes(self._buf[:index])))
-            del self._buf[: index + 1]
-        if len(self._buf) > self._max:
-            if not self._dropping:
-                lines.append(self._decode(bytes(self._buf[: self._max])) + " [line cut at 1 MiB]")
-            self._dropping += len(self._buf) - (0 if self._dropping else self._max)
-            self._buf.clear()
+            if self._dropping:
+                self._dropping = False
+            elif index - start > self._max:
+                lines.append(self._cut(bytes(buf[start:start + self._max])))
+            else:
+                lines.append(self._decode(bytes(buf[start:index])))
+            start = index + 1
+        del buf[:start]
+        if not self._dropping and len(buf) > self._max:
+            lines.append(self._cut(bytes(buf[: self._max])))
+            self._dropping = True
+        if self._dropping:
+            buf.clear()
         return lines
 
     def flush(self) -> list[str]:
         """The unterminated last line, if any."""
-        if self._buf and not self._dropping:
-            line = self._decode(bytes(self._buf))
-            self._buf.clear()
-            return [line]
+        line = [] if self._dropping or not self._buf else [self._decode(bytes(self._buf))]
         self._buf.clear()
-        self._dropping = 0
-        return []
+        self._dropping = False
+        return line
 
-    def _emit(self, raw: bytes) -> str:
-        if self._dropping:
-            # the tail of an over-long line: its head was already emitted
-            self._dropping = 0
-            return ""
-        return self._decode(raw)
+    def _cut(self, raw: bytes) -> str:
+        return self._decode(raw) + " [line cut at 1 MiB]"
 
-    @staticmethod
-    def _decode(raw: bytes) -> str:
-        return raw.rstrip(b"\r").decode("utf-8", errors="replace")
+    def _decode(self, raw: bytes) -> str:
+        return raw.decode("utf-8", errors=self._errors)
 
 
 @dataclass(frozen=True)
@@ -175,15 +182,19 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def stream(self, argv: Sequence[str]) -> "asyncio.AbstractAsyncContextManager[LineStream]":
-        """Start a long-running command and iterate its stdout lines.
+    def stream(self, argv: Sequence[str], *, errors: str = "replace"
+               ) -> "asyncio.AbstractAsyncContextManager[LineStream]":
+        """Start a long-running command and iterate its stdout lines (split on `\n` only,
+        decoded as UTF-8 with `errors`).
 
         Leaving the context kills the command. Raises TransportError if it cannot start.
         """
 
     @abstractmethod
     async def open_tcp(self, host: str, port: int) -> tuple[object, object]:
-        """A (reader, writer) byte stream to host:port as seen from the node; raises OSError."""
+        """A (reader, writer) byte stream to host:port as seen from the node (asyncio's
+        StreamReader/StreamWriter interface: read, write, drain, close); raises OSError,
+        also when the link breaks while it is in use."""
 
     async def __aenter__(self) -> "Transport":
         await self.connect()
@@ -253,7 +264,7 @@ class LocalTransport(Transport):
         return self._check(result, check)
 
     @asynccontextmanager
-    async def stream(self, argv: Sequence[str]) -> AsyncIterator[LineStream]:
+    async def stream(self, argv: Sequence[str], *, errors: str = "replace") -> AsyncIterator[LineStream]:
         argv = tuple(str(a) for a in argv)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -266,7 +277,7 @@ class LocalTransport(Transport):
         stderr_task = asyncio.create_task(_drain_stderr(proc.stderr, tail))
 
         async def lines() -> AsyncIterator[str]:
-            splitter = LineSplitter()
+            splitter = LineSplitter(errors=errors)
             assert proc.stdout is not None
             while True:
                 chunk = await proc.stdout.read(READ_CHUNK)
@@ -362,19 +373,20 @@ class SshTransport(Transport):
         }
         if target.user:
             options["username"] = target.user
-        if target.identity:
-            identity = os.path.expanduser(target.identity)
-            if not Path(identity).is_file():
-                raise TargetUnreachable(self.name, f"identity file {identity} not found: pass --identity PATH")
-            options["client_keys"] = [identity]
+        # A missing file is reported only once the port has answered: an unreachable
+        # port must read as unreachable, whatever else is wrong. Until then we connect
+        # trusting no host key and offering no client key, so nothing is sent or accepted.
+        identity = os.path.expanduser(target.identity) if target.identity else None
+        missing_identity = identity is not None and not Path(identity).is_file()
+        if identity is not None:
+            options["client_keys"] = None if missing_identity else [identity]
             options["agent_path"] = None
-        if isinstance(known_hosts, str) and not Path(known_hosts).is_file():
-            raise TargetUnreachable(
-                self.name,
-                f"known_hosts file {known_hosts} not found: create it with "
-                f"`ssh-keyscan -p {target.port} {target.host} >> {known_hosts}` after checking the key, "
-                "or pass --known-hosts PATH",
-            )
+        missing_known_hosts = isinstance(known_hosts, str) and not Path(known_hosts).is_file()
+        if missing_known_hosts:
+            def trust_no_host_key(host: str, addr: str, port: int | None) -> tuple[list, list, list]:
+                return [], [], []  # asyncssh: (trusted host keys, CA keys, revoked keys)
+
+            options["known_hosts"] = trust_no_host_key
         self._lost.clear()
         try:
             self._conn = await asyncio.wait_for(
@@ -383,6 +395,13 @@ class SshTransport(Transport):
         except (asyncio.TimeoutError, TimeoutError):
             raise TargetUnreachable(self.name, f"no answer from {where} within {target.connect_timeout:g}s") from None
         except asyncssh.HostKeyNotVerifiable:
+            if missing_known_hosts:
+                raise TargetUnreachable(
+                    self.name,
+                    f"known_hosts file {known_hosts} not found ({where} answers): create it with "
+                    f"`ssh-keyscan -p {target.port} {target.host} >> {known_hosts}` after checking the key, "
+                    "or pass --known-hosts PATH",
+                ) from None
             raise TargetUnreachable(
                 self.name,
                 f"host key of {where} not verified against {known_hosts} (unknown or changed): "
@@ -390,6 +409,9 @@ class SshTransport(Transport):
                 "or set insecure_skip_host_key_check = true for this target",
             ) from None
         except asyncssh.PermissionDenied:
+            if missing_identity:
+                raise TargetUnreachable(self.name, f"identity file {identity} not found ({where} answers): "
+                                                   "pass --identity PATH") from None
             how = f"key {target.identity}" if target.identity else "ssh-agent / default keys"
             raise TargetUnreachable(self.name, f"authentication failed for {target.user or 'user'}@{where} with {how}") from None
         except asyncssh.KeyImportError as exc:
@@ -477,7 +499,7 @@ class SshTransport(Transport):
         return self._check(result, check)
 
     @asynccontextmanager
-    async def stream(self, argv: Sequence[str]) -> AsyncIterator[LineStream]:
+    async def stream(self, argv: Sequence[str], *, errors: str = "replace") -> AsyncIterator[LineStream]:
         argv = tuple(str(a) for a in argv)
         conn = self._require(argv)
         async with self._channels:
@@ -489,7 +511,7 @@ class SshTransport(Transport):
             stderr_task = asyncio.create_task(_drain_stderr(proc.stderr, tail))
 
             async def lines() -> AsyncIterator[str]:
-                splitter = LineSplitter()
+                splitter = LineSplitter(errors=errors)
                 while True:
                     try:
                         chunk = await proc.stdout.read(READ_CHUNK)
@@ -516,9 +538,66 @@ class SshTransport(Transport):
     async def open_tcp(self, host: str, port: int) -> tuple[object, object]:
         conn = self._require(("open_tcp", host, str(port)))
         try:
-            return await conn.open_connection(host, port, encoding=None)
+            reader, writer = await conn.open_connection(host, port, encoding=None)
         except asyncssh.ChannelOpenError as exc:
             raise ConnectionRefusedError(f"{host}:{port} via {self.name}: {exc.reason}") from None
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{host}:{port} via {self.name}: {exc.reason or exc}") from None
+        where = f"{host}:{port} via {self.name}"
+        return _ForwardedReader(reader, where), _ForwardedWriter(writer, where)
+
+
+class _ForwardedReader:
+    """A forwarded stream's reader whose asyncssh errors (the link broke) are OSErrors,
+    so nothing above the transport needs to know asyncssh."""
+
+    def __init__(self, reader: asyncssh.SSHReader, where: str) -> None:
+        self._reader = reader
+        self._where = where
+
+    async def read(self, n: int = -1) -> bytes:
+        try:
+            return await self._reader.read(n)
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{self._where}: link failed: {exc.reason or exc}") from None
+
+
+class _ForwardedWriter:
+    """A forwarded stream's writer, asyncssh errors turned into OSErrors."""
+
+    def __init__(self, writer: asyncssh.SSHWriter, where: str) -> None:
+        self._writer = writer
+        self._where = where
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{self._where}: link failed: {exc.reason or exc}") from None
+
+    async def drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{self._where}: link failed: {exc.reason or exc}") from None
+
+    def write_eof(self) -> None:
+        try:
+            self._writer.write_eof()
+        except (asyncssh.Error, OSError):
+            pass
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        except (asyncssh.Error, OSError):
+            pass
+
+    async def wait_closed(self) -> None:
+        try:
+            await self._writer.channel.wait_closed()
+        except (asyncssh.Error, OSError):
+            pass
 
 
 def _close_guarded(proc: asyncssh.SSHClientProcess) -> None:
@@ -537,52 +616,8 @@ def make_transport(target: TargetConfig) -> Transport:
     return SshTransport(target)
 
 
-@dataclass(frozen=True)
-class HttpResponse:
-    """A plain HTTP/1.0 response read through a transport."""
+# HTTP through the link lives in agent/http.py (h11, TLS); re-exported here for older callers.
+from agent import http as _http  # noqa: E402  (agent.http imports nothing from this module)
 
-    status: int
-    reason: str
-    headers: dict[str, str]
-    body: bytes
-
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-
-async def http_get(transport: Transport, url: str, *, timeout: float = 10.0,
-                   max_body: int = 1 << 20) -> HttpResponse:
-    """GET an http:// URL as seen from the node, through the transport's link.
-
-    Raises OSError (refused, reset), TimeoutError, or ValueError for a malformed reply.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    async with asyncio.timeout(timeout):
-        reader, writer = await transport.open_tcp(host, port)
-        try:
-            request = f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: podwarden\r\nConnection: close\r\n\r\n"
-            writer.write(request.encode())  # type: ignore[attr-defined]
-            raw = b""
-            while len(raw) <= max_body:
-                chunk = await reader.read(READ_CHUNK)  # type: ignore[attr-defined]
-                if not chunk:
-                    break
-                raw += chunk
-        finally:
-            writer.close()  # type: ignore[attr-defined]
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("iso-8859-1").split("\r\n")
-    status_line = lines[0].split(" ", 2) if lines and lines[0] else []
-    if len(status_line) < 2 or not status_line[0].startswith("HTTP/") or not status_line[1].isdigit():
-        raise ValueError(f"not an HTTP response from {url}: {raw[:80]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return HttpResponse(int(status_line[1]), status_line[2] if len(status_line) > 2 else "", headers, body[:max_body])
+HttpResponse = _http.HttpResponse
+http_get = _http.http_get

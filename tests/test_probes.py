@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-
+from hypothesis import given, strategies as st
 from rich.console import Console
 
 from agent.check import MAX_CONCURRENT, render_table, run_check
@@ -32,9 +32,18 @@ from agent.config import (
     TcpProbe,
     config_from_dict,
 )
-from agent.probes import execute_probe, json_mismatches, run_probe
-from agent.transport import LocalTransport
-from tests.sshd import free_port
+from agent.probes import (
+    ContainerProcess,
+    exec_session_pids,
+    execute_probe,
+    json_mismatches,
+    parse_top,
+    run_probe,
+    top_cmd,
+)
+from agent.transport import LocalTransport, make_transport
+from tests.conftest import ssh_target
+from tests.sshd import ROOTLESS_USER, free_port
 
 BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if Path(p).exists()), None)
 IMAGE = "localhost/pwc-busybox:1"
@@ -250,11 +259,18 @@ def test_exec_on_a_missing_container_is_a_failed_probe(containers):
     assert "pwc-nosuch" in obs.detail or "no such" in obs.detail.lower()
 
 
-def test_hung_exec_is_cut_off(containers):
+def _live(name: str) -> list[str]:
+    """The command lines of the container's live processes (zombies left out)."""
+    return [p.args for p in parse_top(sh(*top_cmd(["podman"], name)).stdout.decode()) if p.alive]
+
+
+def test_hung_exec_is_cut_off_and_ended_in_the_container(containers):
     started = time.monotonic()
-    obs = run(probe("pwc-probe", ExecProbe(type="exec", command=["sleep", "30"], timeout=1))).obs
-    assert not obs.ok and obs.detail == "timed out after 1s"
+    obs = run(probe("pwc-probe", ExecProbe(type="exec", command=["sleep", "3131"], timeout=1))).obs
+    assert not obs.ok and obs.detail == "timed out after 1s; ended 1 process it left in the container: sleep 3131"
     assert time.monotonic() - started < 4
+    assert obs.latency_ms < 1500  # the probe's own time: the cleanup is not counted
+    assert not [args for args in _live("pwc-probe") if "3131" in args]
 
 
 # ---------------------------------------------------------------- podman healthcheck
@@ -269,11 +285,12 @@ def test_healthcheck_unhealthy_then_healthy(containers):
     assert well.ok and well.excerpt == "fine"
 
 
-def test_hanging_healthcheck_is_cut_by_our_timeout(containers):
+def test_hanging_healthcheck_is_cut_by_our_timeout_and_ended(containers):
     started = time.monotonic()
     obs = run(probe("pwc-hang", HealthcheckProbe(type="podman-healthcheck", timeout=1))).obs
-    assert not obs.ok and obs.detail == "timed out after 1s"
+    assert not obs.ok and obs.detail == "timed out after 1s; ended 1 process it left in the container: sleep 30"
     assert time.monotonic() - started < 4
+    assert _live("pwc-hang") == ["sleep 600"]
 
 
 def test_healthcheck_missing_binary_is_explained_by_a_rerun(containers):
@@ -285,6 +302,92 @@ def test_healthcheck_missing_binary_is_explained_by_a_rerun(containers):
 def test_healthcheck_of_a_missing_container_is_an_error(containers):
     obs = run(probe("pwc-nosuch", HealthcheckProbe(type="podman-healthcheck"))).obs
     assert not obs.ok and obs.detail.startswith("health check could not run (exit 125)")
+
+
+# ---------------------------------------------------------------- a timed-out probe leaves nothing behind
+
+def test_exec_sessions_are_told_from_the_main_process_tree():
+    # what `podman top C pid ppid hpid state args` printed for a container run with --init
+    text = """PID         PPID        HPID        STATE       COMMAND
+1           0           9001        S           /run/podman-init -- sh -c main
+2           1           9002        S           sh -c main
+3           2           9003        S           sleep 600
+6           0           9006        S           sh -c sleep 1 & sleep 2
+7           6           9007        S           sleep 1
+8           1           ?           Z           [sleep]
+9           77          9009        S           orphan of an unlisted parent
+"""
+    processes = parse_top(text)
+    assert [p.pid for p in processes] == [1, 2, 3, 6, 7, 8, 9]
+    assert processes[4] == ContainerProcess(7, 6, 9007, "S", "sleep 1")
+    assert not processes[5].alive and processes[5].hpid is None
+    assert exec_session_pids(processes) == {6, 7}
+
+
+_rows = st.lists(st.builds(
+    ContainerProcess,
+    pid=st.integers(1, 10**6), ppid=st.integers(0, 10**6), hpid=st.none() | st.integers(1, 10**7),
+    state=st.sampled_from(["R", "S", "D", "Z", "T"]),
+    args=st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=40).map(str.strip),
+), max_size=8)
+
+
+@given(_rows)
+def test_parse_top_reads_back_what_podman_prints(rows):
+    header = "PID         PPID        HPID        STATE       COMMAND\n"
+    text = header + "".join(f"{p.pid:<12}{p.ppid:<12}{p.hpid if p.hpid else '?':<12}{p.state:<12}{p.args} \n"
+                            for p in rows)
+    assert parse_top(text) == rows
+
+
+SHARED_IMAGE_CHANGES = ["--change", 'CMD ["/bin/sh"]']
+
+
+async def _fresh_container(transport, name: str, args: list[str]) -> None:
+    if not (await transport.run(["podman", "image", "exists", IMAGE])).ok:
+        await transport.run(["podman", "import", *SHARED_IMAGE_CHANGES, "-", IMAGE], input=_image_tar(),
+                            timeout=300, check=True)
+    await transport.run(["podman", "rm", "--force", "--ignore", "--time", "0", name], timeout=60)
+    await transport.run(["podman", "run", "-d", "--name", name, "--network", "host", "--stop-signal", "KILL",
+                         *args], timeout=120, check=True)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("user", ["root", ROOTLESS_USER])
+def test_timed_out_probes_leave_nothing_in_the_container(sshd, user):
+    """Through the real sshd, root and rootless; the container runs as uid 1234 (a subuid rootless)."""
+    if BUSYBOX is None:
+        pytest.skip("needs busybox")
+    name = "prb-leftovers"
+    probes = [
+        ExecProbe(type="exec", name="pipe", command=["sh", "-c", "sleep 4701 & sleep 4702 | cat"], timeout=1),
+        ExecProbe(type="exec", name="loop", command=["sh", "-c", "while :; do sleep 4703; done"], timeout=1),
+        HealthcheckProbe(type="podman-healthcheck", timeout=1),
+        # runs alongside, past the others' cleanup: theirs must not end it
+        ExecProbe(type="exec", name="slow", command=["sh", "-c", "sleep 2; echo done"], expect_regex="done"),
+    ]
+
+    async def go():
+        async with make_transport(ssh_target(sshd, user)) as transport:
+            await _fresh_container(transport, name, ["--user", "1234", "--health-cmd", "sleep 4711",
+                                                     IMAGE, "sleep", "600"])
+            try:
+                # an exec session that was there before the probes: it stays
+                await transport.run(["podman", "exec", "-d", name, "sleep", "4700"], check=True)
+                results = await asyncio.gather(*(execute_probe(transport, ["podman"], name, p) for p in probes))
+                top = await transport.run(top_cmd(["podman"], name), check=True)
+                return [r.obs for r in results], parse_top(top.stdout)
+            finally:
+                await transport.run(["podman", "rm", "--force", "--ignore", "--time", "0", name], timeout=60)
+
+    started = time.monotonic()
+    (pipe, loop, check, slow), left = run(go())
+    assert pipe.detail.startswith("timed out after 1s; ended "), pipe.detail
+    assert loop.detail.startswith("timed out after 1s; ended "), loop.detail
+    assert check.detail == "timed out after 1s; ended 1 process it left in the container: sleep 4711", check.detail
+    assert slow.ok, slow.detail
+    assert sorted(p.args for p in left if p.alive) == ["sleep 4700", "sleep 600"]
+    assert time.monotonic() - started < 20
 
 
 # ---------------------------------------------------------------- logs
@@ -340,8 +443,8 @@ def test_check_with_hung_probes_finishes_and_reports_them(containers, httpd):
     report = run(go())
     assert time.monotonic() - started < 15
     probes = {(p.container, p.probe): p for p in report.probes}
-    assert probes["pwc-probe", "hang"].detail == "timed out after 1s"
-    assert probes["pwc-hang", "podman-healthcheck"].detail == "timed out after 1s"
+    assert probes["pwc-probe", "hang"].detail.startswith("timed out after 1s; ended 1 process")
+    assert probes["pwc-hang", "podman-healthcheck"].detail.startswith("timed out after 1s; ended 1 process")
     assert probes["backend", "stuck"].detail == "timed out after 1s"
     assert probes["pwc-probe", "echo"].ok and probes["backend", "http"].ok
     assert probes["pwc-probe", "healthcheck"].probe_type == "podman-healthcheck"  # implicit: it has a check

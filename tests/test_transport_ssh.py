@@ -148,6 +148,23 @@ def test_nothing_listening_is_unreachable(sshd):
     assert "connection refused" in message
 
 
+def test_unreachable_port_is_said_even_without_known_hosts_or_identity(sshd, tmp_path):
+    closed = ssh_target(sshd, "root").model_copy(update={
+        "port": free_port(), "known_hosts": str(tmp_path / "known_hosts"), "identity": str(tmp_path / "id")})
+    message = _unreachable(closed)
+    assert "connection refused" in message and "known_hosts" not in message and "identity" not in message
+
+
+def test_missing_files_are_said_once_the_port_answers(sshd, tmp_path):
+    missing = tmp_path / "known_hosts"
+    message = _unreachable(ssh_target(sshd, "root").model_copy(update={"known_hosts": str(missing)}))
+    assert f"known_hosts file {missing} not found (127.0.0.1:{sshd.port} answers)" in message
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {missing}" in message
+    no_key = tmp_path / "id_ed25519"
+    message = _unreachable(ssh_target(sshd, "root").model_copy(update={"identity": str(no_key)}))
+    assert f"identity file {no_key} not found (127.0.0.1:{sshd.port} answers)" in message
+
+
 def test_wrong_key_is_unreachable(sshd, tmp_path):
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
