@@ -778,7 +778,8 @@ class ContainerMachine:
     def _resync_health(self, obs: SnapshotObs) -> None:
         """podman's own status and FailingStreak, unless our own later check result knows better."""
         if obs.at_ns >= self._last_check_ns:
-            self._health = obs.health
+            # only podman's own words: anything else (a newer podman's status) leaves health unknown
+            self._health = obs.health if obs.health in HEALTH_STATES else None
             self._streak = obs.health_failing_streak
 
     def _snapshot_missing(self, obs: SnapshotObs) -> None:
