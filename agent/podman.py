@@ -15,8 +15,10 @@ containers/podman's `cmd/podman/system/events.go`, `libpod/events/events.go`,
   exec_died and remove, 0 included, and leaves it out elsewhere; a null reads as unknown.
 - events, health: both spell it `health_status` (top-level). 4.3 reports the status
   *before* the check that fired the event (one behind; podman#19237), 5.x the result.
-- events: 4.3 never wrote a `stop` event for `podman stop` of a --stop-signal KILL
-  container (only died/cleanup), and writes every `exec_died` twice.
+- events: 4.3 writes a `stop` event for `podman stop` only sometimes (3 of 6 stops of a
+  --stop-signal KILL container, 0 of 6 of one that traps TERM), stamped ~40 ms before
+  the died; it writes every `exec_died` twice, a few ms apart (two keys, both stored:
+  the store keeps podman's record as it is).
 - ps: 4.3 has no `Restarts` (inspect's RestartCount has it); 5.x has it.
 - inspect: 4.x always has `State.Health` (Status "" without a health check), so whether
   a check exists is decided by `Config.Healthcheck`; 5.x omits Health without one.
@@ -29,7 +31,8 @@ containers/podman's `cmd/podman/system/events.go`, `libpod/events/events.go`,
   stderr. Use `missing_containers` to name the absent ones.
 - logs: `podman logs --timestamps` prefixes `TIME ` (RFC3339Nano, always 9 digits); with
   more than one container `NAME TIME ` (`--names`; without it the 12-char id). With one
-  container `--names` adds nothing. A line printed without a trailing newline is glued
+  container `--names` adds nothing. TIME always has nine fraction digits
+  (`...T10:13:05.969260880Z`, trailing zero kept). A line printed without a trailing newline is glued
   to the next record (`split_glued_log_line`). Container stderr goes to podman's
   stderr. One missing name makes the whole command fail (125) with no output. A
   followed container that exits (a restart too) drops out of `logs -f` for good while
@@ -41,13 +44,12 @@ containers/podman's `cmd/podman/system/events.go`, `libpod/events/events.go`,
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, NamedTuple, Sequence
 
-from agent.config import CONTAINER_NAME_RE
+from agent.names import CONTAINER_NAME_RE
 from agent.errors import InvalidContainerName
 from machines.observations import EventObs, SnapshotObs
 
@@ -604,6 +606,7 @@ class InspectFacts:
             health_retries=self.healthcheck_retries if self.health is not None else 0,
             health_start_period_ns=self.healthcheck_start_period_ns if self.health is not None else 0,
             stopped_by_user=self.stopped_by_user,
+            restart_max_retries=self.restart_max_retries,
         )
 
 
@@ -818,90 +821,6 @@ def parse_log_line(line: str, container: str | None = None,
     except _Bad as bad:
         return ParseError("log", str(bad), _excerpt(line))
     return LogLine(name, at_ns, text or "")
-
-
-def split_glued_log_line(line: str, names: Iterable[str]) -> list[str]:
-    """Undo podman's gluing of a newline-less line to the next container's record.
-
-    `podman logs --names` prints a partial line (no trailing newline) and then the next
-    record right after it: `a TIME partialb TIME next`. Only names we asked for, followed
-    by a timestamp, count as a record start, so ordinary text is left alone.
-    """
-    if not isinstance(line, str):
-        return [line]
-    start = _glue_pattern(tuple([names] if isinstance(names, str) else names))
-    if start is None:
-        return [line]
-    first = start.match(line)
-    if first is None:
-        return [line]
-    pieces, begin, search_from = [], 0, first.end()
-    while (found := start.search(line, search_from)) is not None:
-        pieces.append(line[begin:found.start()])
-        begin, search_from = found.start(), found.end()
-    pieces.append(line[begin:])
-    return pieces
-
-
-@functools.lru_cache(maxsize=64)
-def _glue_pattern(names: tuple[str, ...]) -> re.Pattern[str] | None:
-    # built once per set of names: rebuilding it per line was a third of ingest time
-    wanted = sorted({n for n in names if isinstance(n, str) and CONTAINER_NAME_RE.fullmatch(n)},
-                    key=len, reverse=True)
-    if not wanted:
-        return None
-    return re.compile(rf"(?:{'|'.join(re.escape(n) for n in wanted)}) {_TIME_PATTERN}(?: |$)", re.ASCII)
-
-
-_SINGLE_GLUE_RE = re.compile(rf"(?<=.)(?={_TIME_PATTERN} )", re.ASCII | re.DOTALL)
-
-
-class LogAssembler:
-    """Turns `podman logs --timestamps` output lines into whole log records.
-
-    A write that conmon split at a buffer boundary is stored as partial records, and
-    podman prints each partial record without a newline, glued to whatever record comes
-    next (in multi mode possibly another container's). The assembler keeps each
-    container's partial text until its record completes, then yields the line the
-    process wrote, stamped with the time of its first part. In single mode a glue is
-    told by an inner `TIME ` with podman's nine-digit fraction; text that itself holds
-    such a timestamp followed by a space is taken for a glue (rare; its parts are
-    still rejoined, minus that timestamp).
-    """
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = list(names)
-        self.single = self.names[0] if len(self.names) == 1 else None
-        self._pending: dict[str, tuple[int, str]] = {}
-
-    def feed(self, raw: str) -> list[LogLine | ParseError]:
-        """Whole records completed by one output line (partial ones are held back)."""
-        if self.single is not None:
-            pieces = _SINGLE_GLUE_RE.split(raw)
-        else:
-            pieces = split_glued_log_line(raw, self.names)
-        out: list[LogLine | ParseError] = []
-        last = len(pieces) - 1
-        for index, piece in enumerate(pieces):
-            parsed = parse_log_line(piece, container=self.single, names=self.names)
-            if isinstance(parsed, ParseError):
-                out.append(parsed)
-                continue
-            held = self._pending.pop(parsed.container, None)
-            if held is not None:
-                parsed = LogLine(parsed.container, held[0], held[1] + parsed.text)
-            if index < last:
-                # printed without a newline: the rest of this record comes later
-                self._pending[parsed.container] = (parsed.at_ns, parsed.text)
-            else:
-                out.append(parsed)
-        return out
-
-    def flush(self) -> list[LogLine]:
-        """Partial records still held when the output ended, as they are."""
-        held = [LogLine(name, at_ns, text) for name, (at_ns, text) in self._pending.items()]
-        self._pending.clear()
-        return held
 
 
 # ---------------------------------------------------------------- version / info

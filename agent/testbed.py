@@ -30,9 +30,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
-from agent.config import CONTAINER_NAME_RE, TestbedConfig
+from agent.config import DEFAULT_ERROR_PATTERNS, TargetConfig, TestbedConfig
+from agent.names import CONTAINER_NAME_RE
 from agent.errors import TestbedError, TransportError
-from agent.transport import RunResult, Transport, http_get
+from agent.transport import RunResult, Transport, http_get, make_transport
 
 IMAGE_REPO = "localhost/podwarden-testbed"
 TESTBED_LABEL = "podwarden.testbed"
@@ -621,6 +622,52 @@ async def down(transport: Transport, cfg: TestbedConfig, progress: Callable[[str
                  else f"kept image {state['image']}: {removed.stderr.strip() or 'in use'}")
 
 
+async def plan_up(transport: Transport, cfg: TestbedConfig, faults: Collection[str] = ()) -> list[str]:
+    """What `up` would do, step by step, changing nothing (--dry-run).
+
+    Only reads the node (podman info, $HOME, the prefix's containers, the image).
+    Raises TestbedError like `up` for an unknown fault or a podman that does not work.
+    """
+    active = check_faults(faults)
+    _, image = image_tar()
+    session = await _Session.open(transport, cfg)
+    steps = [f"target {transport.name}: podman {'rootless' if session.rootless else 'as root'}, "
+             f"testbed files in {session.layout.root}"]
+    steps.extend(await _plan_teardown(session))
+    mode = "unsupervised" if "backend-unsupervised" in active else "supervised"
+    steps.append(f"rewrite {session.layout.root}: busybox, the backend script and config (MODE={mode}), "
+                 f"a macaroon, the indexer volume (owner {VOLUME_OWNER}, mode 700)")
+    if (await session.podman_run("image", "exists", image)).ok:
+        steps.append(f"keep the image {image} (already present)")
+    else:
+        steps.append(f"{shlex.join([*session.podman, 'import', '-', image])}  (the busybox image, from this machine)")
+    if "latest-tag" in active:
+        steps.append(shlex.join([*session.podman, "tag", image, f"{IMAGE_REPO}:latest"]))
+    steps.append(f"start the backend: {shlex.join([session.layout.backend_script, 'start'])}")
+    steps.extend(shlex.join(spec.run_argv(session.podman, cfg.prefix)) for spec in
+                 container_specs(cfg, session.layout, image, active))
+    steps.append("wait until every container serves, then run each health check once")
+    return steps
+
+
+async def plan_down(transport: Transport, cfg: TestbedConfig) -> list[str]:
+    """What `down` would do, changing nothing (--dry-run)."""
+    session = await _Session.open(transport, cfg)
+    steps = await _plan_teardown(session)
+    steps.append(f"remove {session.layout.root} (and {session.home} if nothing else lives there)")
+    return steps
+
+
+async def _plan_teardown(session: _Session) -> list[str]:
+    listed = await session.podman_run("ps", "-a", "--filter", f"label={TESTBED_LABEL}={session.cfg.prefix}",
+                                      "--format", "{{.Names}}")
+    names = sorted(set(container_names(session.cfg.prefix).values()) | set(listed.stdout.split()))
+    present = sorted(set(listed.stdout.split()))
+    return [f"{shlex.join([*session.podman, 'rm', '--force', '--ignore', '--time', '0', *names])}"
+            f"  ({len(present)} present: {', '.join(present) or 'none'})",
+            f"stop the backend: {shlex.join([session.layout.backend_script, 'stop'])}"]
+
+
 async def status(transport: Transport, cfg: TestbedConfig) -> TestbedStatus:
     """The testbed's containers, backend and active faults; raises TestbedError if podman fails."""
     return await _status(await _Session.open(transport, cfg))
@@ -912,7 +959,7 @@ def backend_command(action: str, prefix: str = "tb-", home: str = ".podwarden-te
     return ["sh", "-c", f"{path} {shlex.quote(action)}"]
 
 
-LOG_ERRORS = r"(?i)\b(error|fail(ed|ure)?|panic|fatal|crash|unable|refused|timeout|permission denied)\b"
+LOG_ERRORS = DEFAULT_ERROR_PATTERNS[0]
 
 
 def example_config(prefix: str = "tb-", port_base: int = 18330, target_name: str = "local",
@@ -982,6 +1029,8 @@ def example_config(prefix: str = "tb-", port_base: int = 18330, target_name: str
         if suffix == LIGHTNING:
             line("# the LND-like daemon logs refusals as [ERR] lines")
             kv("log_errors", [LOG_ERRORS, r"\[ERR\]"])
+        line("# what its log says once it has its node back (experiment cascade)")
+        kv("reconnect", "connected to node backend")
         probe(owner, name="healthcheck", type="podman-healthcheck")
         if suffix == INDEXER:
             probe(owner, name="port", type="tcp", port=ports.indexer)
@@ -1026,6 +1075,12 @@ def example_config(prefix: str = "tb-", port_base: int = 18330, target_name: str
     line("[soak]")
     kv("duration", "5m")
     line()
+    line("[experiments]")
+    line("# the seed's C3 deadlines: back within 30 s; the node down 60 s, then all back within 120 s")
+    kv("restart_deadline", "30s")
+    kv("cascade_hold", "60s")
+    kv("cascade_recovery", "120s")
+    line()
     line("# A remediation hook, off in this example so experiments see the restart policies alone:")
     line("# [[hooks]]")
     line('# name = "restart-core"')
@@ -1052,3 +1107,34 @@ def example_config(prefix: str = "tb-", port_base: int = 18330, target_name: str
     kv("home", home)
     kv("late_unhealthy_after", "90s")
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- the verb
+
+
+async def verb_up(target: TargetConfig, cfg: TestbedConfig, faults: Collection[str] = (), *, dry_run: bool = False,
+                  progress: Callable[[str], None] = _quiet) -> TestbedStatus | list[str]:
+    """`podwarden testbed up`: the status it ends in, or with `dry_run` the steps it would take.
+
+    Raises TargetUnreachable, TestbedError.
+    """
+    async with make_transport(target) as transport:
+        if dry_run:
+            return await plan_up(transport, cfg, faults)
+        return await up(transport, cfg, faults, progress=progress)
+
+
+async def verb_down(target: TargetConfig, cfg: TestbedConfig, *, dry_run: bool = False,
+                    progress: Callable[[str], None] = _quiet) -> list[str]:
+    """`podwarden testbed down`: the steps it would take with `dry_run`, else [] once done."""
+    async with make_transport(target) as transport:
+        if dry_run:
+            return await plan_down(transport, cfg)
+        await down(transport, cfg, progress=progress)
+        return []
+
+
+async def verb_status(target: TargetConfig, cfg: TestbedConfig) -> TestbedStatus:
+    """`podwarden testbed status`."""
+    async with make_transport(target) as transport:
+        return await status(transport, cfg)

@@ -11,28 +11,28 @@ store ends up holding every event podman recorded, none twice.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import dataclass
 
 from loguru import logger
 
 from agent import podman
-from agent.config import DEFAULT_ERROR_PATTERNS, DEFAULT_ERROR_WORDS, Config, TargetConfig
+from agent.config import Config, TargetConfig
 from agent.errors import TargetUnreachable, TransportError
+from agent.kernel import oom_kills
+from agent.log_follow import LogFollow, RecentKeys
+from agent.node import inspect_all
+from agent.sink import Sink
 from agent.transport import Transport, make_transport
-from machines.container import Fleet, StateChange
-from machines.observations import AgentObs, LogObs, Observation, ProbeObs, SnapshotObs
+from machines.observations import AgentObs, EventObs, ProbeObs, SnapshotObs
 
-ChangeCallback = Callable[[StateChange], None]
-ObsCallback = Callable[[Observation], None]
 
 # podman's writers log concurrent events out of time order (up to ~75 ms seen on 4.3), and
 # `--since` filters each event by its time: resuming at the newest event seen would skip one
 # written after it with an older time. Resume this much earlier; the seen keys drop repeats.
 RESUME_OVERLAP_NS = 5_000_000_000
+# How far apart the kernel's oom-kill line and podman's died may be (0.5 s measured).
+OOM_SLACK_NS = 10_000_000_000
 
 
 class LinkLost(Exception):
@@ -54,85 +54,16 @@ class TargetView:
     parse_errors: int = 0
 
 
-class LogMatcher:
-    """Tells error lines from noise with a container's patterns."""
-
-    def __init__(self, errors: Iterable[str], ignore: Iterable[str]) -> None:
-        errors = list(errors)
-        self._errors = [re.compile(p) for p in errors]
-        self._ignore = [re.compile(p) for p in ignore]
-        # the default pattern costs ~5 µs a line; most lines hold none of its words
-        self._words = DEFAULT_ERROR_WORDS if errors == DEFAULT_ERROR_PATTERNS else None
-
-    def is_error(self, line: str) -> bool:
-        """True when an error pattern matches and no ignore pattern does."""
-        if self._words is not None and line.isascii():
-            # (non-ASCII lines skip this: (?i) folds e.g. 'ſ' to 's', lower() does not)
-            low = line.lower()
-            if not any(word in low for word in self._words):
-                return False
-        return any(p.search(line) for p in self._errors) and not any(p.search(line) for p in self._ignore)
-
-
-class RecentKeys:
-    """A bounded set of recently seen keys, for dropping replayed duplicates."""
-
-    def __init__(self, limit: int = 200_000) -> None:
-        self._keys: set[tuple] = set()
-        self._order: deque[tuple] = deque()
-        self._limit = limit
-
-    def add(self, key: tuple) -> bool:
-        """Remember `key`; False if it was already there."""
-        if key in self._keys:
-            return False
-        self._keys.add(key)
-        self._order.append(key)
-        if len(self._order) > self._limit:
-            self._keys.discard(self._order.popleft())
-        return True
-
-
-@dataclass
-class Sink:
-    """Where observations go: the store (if any), the machines, and callbacks."""
-
-    fleet: Fleet
-    store: object | None = None  # store.StoreWriter
-    run_id: int | None = None
-    on_change: list[ChangeCallback] = field(default_factory=list)
-    on_observation: list[ObsCallback] = field(default_factory=list)
-
-    def redact(self, text: str) -> str:
-        """`text` as the store will keep it (so live and stored lines compare equal)."""
-        return self.store.redactor.text(text) if self.store is not None else text  # type: ignore[attr-defined]
-
-    async def backpressure(self) -> None:
-        """Wait for the store when a flood has queued more than it should hold in memory."""
-        if self.store is not None and self.store.pending > 20_000:  # type: ignore[attr-defined]
-            await self.store.flush()  # type: ignore[attr-defined]
-
-    def put(self, obs: Observation) -> list[StateChange]:
-        """Record one observation, feed it to the machines, and pass on the changes."""
-        obs_id = self.store.add(obs, self.run_id) if self.store is not None else None  # type: ignore[attr-defined]
-        changes = self.fleet.feed(obs)
-        for change in changes:
-            if self.store is not None:
-                self.store.add_change(change, obs_id, self.run_id)  # type: ignore[attr-defined]
-            for callback in self.on_change:
-                callback(change)
-        for callback in self.on_observation:
-            callback(obs)
-        return changes
-
-
 class TargetWatcher:
     """Keeps one target watched until `stop` is set: connect, stream, reconnect, backfill."""
 
     def __init__(self, target: TargetConfig, config: Config, sink: Sink, *,
                  start_ns: int | None = None, last_event_ns: int | None = None,
-                 seen_events: set[tuple] | None = None, last_log_ns: int | None = None,
-                 seen_logs: set[tuple] | None = None) -> None:
+                 seen_events: set[tuple] | None = None, resume_ns: int | None = None) -> None:
+        """`last_event_ns`/`seen_events`: the store's newest event of the target and the
+        keys it holds from RESUME_OVERLAP_NS before it. `resume_ns`: where the store's
+        knowledge of the target ends when it holds no event (the last watch's end), so a
+        quiet previous run still gets its gap backfilled."""
         self.target = target
         self.config = config
         self.sink = sink
@@ -143,27 +74,25 @@ class TargetWatcher:
         self._watch = config.watch
         self._start_ns = start_ns if start_ns is not None else time.time_ns()
         self._last_event_ns = last_event_ns
-        self._last_log_ns: int | None = last_log_ns
+        self._resume_ns = resume_ns
         seen_events = seen_events or set()
-        seen_logs = seen_logs or set()
         # sized so that the keys seeded from the store are never evicted before use
         self._seen_events = RecentKeys(200_000 + len(seen_events))
         for key in seen_events:
             self._seen_events.add(key)
-        self._seen_logs = RecentKeys(50_000 + len(seen_logs))
-        for key in seen_logs:
-            self._seen_logs.add(key)
-        self._matchers = {
-            name: LogMatcher(config.error_patterns(name), c.log_ignore)
-            for name, c in config.containers.items()
-        }
         self._rootless = False
         self._run_healthchecks = False
         self._healthchecks: dict[str, float] = {}  # container -> interval seconds
-        self._log_restart = asyncio.Event()
         self._recheck: set[str] = set()
         self._recheck_wake = asyncio.Event()
         self._clock_offset_ns = 0  # node clock minus ours, so our records share podman's clock
+        self._log_since_set = False
+        self.ready = asyncio.Event()  # set once connected and the first reconcile is in
+        self.facts: dict[str, podman.InspectFacts] = {}  # the latest inspect of the watched containers
+        self._kernel_log: bool | None = None  # False: the node's kernel log cannot be read
+        self._transport_now: Transport | None = None
+        self.logs = LogFollow(self.name, config, sink, podman_cmd=self._podman, now_ns=self.now_ns,
+                              agent=self._agent, view=self.view, wanted=self._wanted)
         for name in config.containers:
             sink.fleet.expect(self.name, name)
 
@@ -216,7 +145,12 @@ class TargetWatcher:
         self._agent("stopped", "watch ended")
 
     async def _watch_connected(self, transport: Transport, stop: asyncio.Event) -> None:
+        self._transport_now = transport
         await self._learn_node(transport)
+        if not self._log_since_set:
+            # a container the store holds no line of is read from here (where events resume)
+            self.logs.set_since(self._events_since())
+            self._log_since_set = True
         # the gap's events first, then a snapshot: a snapshot fed before them would
         # overrule the machine at "now" and make the backfilled deaths look stale
         await self._backfill_events(transport)
@@ -224,7 +158,7 @@ class TargetWatcher:
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._follow_events(transport), name="events"),
-                group.create_task(self._follow_logs(transport), name="logs"),
+                group.create_task(self.logs.run(transport), name="logs"),
                 group.create_task(self._reconcile_loop(transport), name="reconcile"),
                 group.create_task(self._healthcheck_loop(transport), name="healthchecks"),
             ]
@@ -252,6 +186,8 @@ class TargetWatcher:
         info = podman.parse_info(info_result.stdout) if info_result.ok else None
         if isinstance(info, podman.NodeInfo):
             self._rootless = info.rootless
+        perl = await transport.run(["sh", "-c", "command -v perl"], timeout=15)
+        self.logs.perl = perl.ok and bool(perl.stdout.strip())
         mode = self._watch.run_healthchecks
         if mode == "auto":
             probe = await transport.run(["test", "-d", "/run/systemd/system"], timeout=15)
@@ -259,30 +195,40 @@ class TargetWatcher:
             self._run_healthchecks = not probe.ok or self._rootless
         else:
             self._run_healthchecks = mode == "always"
-        self.log.info("node: rootless={} run_healthchecks={} clock_offset_ms={:.1f}", self._rootless,
-                      self._run_healthchecks, self._clock_offset_ns / 1e6)
+        self.log.info("node: rootless={} run_healthchecks={} perl={} clock_offset_ms={:.1f}", self._rootless,
+                      self._run_healthchecks, self.logs.perl, self._clock_offset_ns / 1e6)
 
     # ------------------------------------------------------------ events
 
     def _events_since(self) -> int:
+        """Where the event stream resumes: the store's newest event (minus the overlap for
+        podman's out-of-order writes), else the end of the last watch of this target (a
+        quiet run stores no event, but what happened after it must still be read), else
+        this run's start."""
         if self._last_event_ns is not None:
             return self._last_event_ns - RESUME_OVERLAP_NS
+        if self._resume_ns is not None:
+            return self._resume_ns
         return self._start_ns + self._clock_offset_ns
 
     async def _backfill_events(self, transport: Transport) -> None:
-        """Read what podman recorded since our last event, then return (no follow)."""
-        if self._last_event_ns is None:
+        """Read what podman recorded since the store's last knowledge, then return (no follow)."""
+        if self._last_event_ns is None and self._resume_ns is None:
             return
-        argv = podman.events_cmd(self._podman, since_ns=self._events_since() - 1, follow=False)
+        since = self._events_since()
+        argv = podman.events_cmd(self._podman, since_ns=since - 1, follow=False)
         result = await transport.run(argv, timeout=120)
         count = 0
-        for line in result.stdout.splitlines():
-            before = self.view.events
-            self._on_event_line(line)
-            count += self.view.events - before
+        # split on newlines only: str.splitlines() also splits inside a JSON string at
+        # U+0085 or U+2028 (a container label may hold one) and would lose that event
+        for line in result.stdout.split("\n"):
+            if await self._on_event_line(line):
+                count += 1
         if not result.ok:
             self._agent("backfill-problem", f"podman events exited {result.exit_status}: {result.stderr[-200:]}")
-        self._agent("backfilled", f"{count} events since {podman.format_time_ns(self._events_since())}")
+        self.sink.put(AgentObs(self.name, "", since, "backfilled",
+                               f"{count} events from {podman.format_time_ns(since)} "
+                               f"to {podman.format_time_ns(self.now_ns())}"))
 
     async def _follow_events(self, transport: Transport) -> None:
         """Follow `podman events`, resuming with a backfill whenever the stream ends.
@@ -297,7 +243,7 @@ class TargetWatcher:
             argv = podman.events_cmd(self._podman, since_ns=since - 1, follow=True)
             async with transport.stream(argv) as lines:
                 async for line in lines:
-                    self._on_event_line(line)
+                    await self._on_event_line(line)
                     await self.sink.backpressure()
                 status = lines.exit_status
             if not transport.connected:
@@ -307,108 +253,65 @@ class TargetWatcher:
             # a podman that keeps failing at once must not spin: back off a little
             await asyncio.sleep(min(0.1 * restarts, self._watch.backoff_max))
 
-    def _on_event_line(self, line: str) -> None:
+    async def _on_event_line(self, line: str) -> bool:
+        """Take one line of `podman events`; True if it was a new event of a wanted container."""
         if not line.strip():
-            return
+            return False
         parsed = podman.parse_event(line, self.name)
         if parsed is None:
-            return
+            return False
         if isinstance(parsed, podman.ParseError):
             self.view.parse_errors += 1
             self._agent("parse-error", f"event: {parsed.reason}: {parsed.excerpt}")
-            return
-        if not self._wanted(parsed.container):
-            return
+            return False
+        self.logs.note_event(parsed)  # run boundaries of partial log lines, even of others
+        if not self._wanted(parsed.container) and not self._renamed_away(parsed):
+            return False
         if not self._seen_events.add((parsed.container_id, parsed.status, parsed.at_ns)):
-            return
+            return False
         if self._last_event_ns is None or parsed.at_ns > self._last_event_ns:
             self._last_event_ns = parsed.at_ns
         self.view.events += 1
+        await self._before_event(parsed)
         self.sink.put(parsed)
-        if parsed.status == "start" and parsed.container in self.config.containers:
-            self._log_restart.set()
         if parsed.status == "died" and parsed.container in self.config.containers:
             # podman 4.3 often writes no `stop` event: inspect soon to tell a stop from a crash
             self._recheck.add(parsed.container)
             self._recheck_wake.set()
+        return True
 
-    # ------------------------------------------------------------ logs
+    async def _before_event(self, event: EventObs) -> None:
+        """Evidence an event needs before the machines see it: the kernel's OOM kill.
 
-    async def _follow_logs(self, transport: Transport) -> None:
-        """Follow every expected container's log on one channel (MaxSessions is 10)."""
-        while True:
-            # cleared before looking, so a start during `ps` is not forgotten
-            self._log_restart.clear()
-            names = await self._present_expected(transport)
-            if not names:
-                # nothing to follow yet (or ps failed): look again on a start or a while later
-                await _wait(self._log_restart, self._watch.reconcile_interval)
-                continue
-            # resume a little early (lines of several containers interleave out of time
-            # order); the seen keys drop what was already stored
-            if self._last_log_ns is not None:
-                since = self._last_log_ns - RESUME_OVERLAP_NS
-            else:
-                since = self._start_ns + self._clock_offset_ns
-            # a restarted container drops out of `logs -f`: each start restarts the follow
-            argv = podman.logs_cmd(self._podman, names, since_ns=since - 1, follow=True, timestamps=True)
-            # container stderr comes out on podman's stderr: merge, so no line is lost
-            merged = ["sh", "-c", f"exec {_quote(argv)} 2>&1"]
-            async with transport.stream(merged) as lines:
-                reader = asyncio.ensure_future(self._read_logs(lines, names))
-                restart = asyncio.ensure_future(self._log_restart.wait())
-                try:
-                    await asyncio.wait({reader, restart}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    restart.cancel()
-                    if not reader.done():
-                        reader.cancel()
-                    await asyncio.gather(reader, restart, return_exceptions=True)
-                if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                    raise reader.exception()  # type: ignore[misc]
-            if not self._log_restart.is_set():
-                # the follow ended by itself (containers gone): wait for a start, then resume
-                await asyncio.sleep(1.0)
-            else:
-                await asyncio.sleep(0.5)  # let podman settle the new container's log file
-
-    async def _read_logs(self, lines: object, names: list[str]) -> None:
-        assembler = podman.LogAssembler(names)
+        podman 4.3 reports `OOMKilled=false` even for a real OOM kill and writes only a
+        `died` with exit 137, so for such a death the kernel log is read (about 20 ms)
+        and the kill it names goes to the store and the machine first, stamped at the
+        kernel's time (it came before the died). Where the log cannot be read (rootless:
+        dmesg_restrict), that is recorded once and the machine says "likely".
+        """
+        if event.status != "died" or event.exit_code != 137 or not event.container_id:
+            return
+        if self._kernel_log is False:
+            return
         try:
-            async for raw in lines:  # type: ignore[attr-defined]
-                for parsed in assembler.feed(raw):
-                    self._on_log_line(parsed)
-                await self.sink.backpressure()
-        finally:
-            for parsed in assembler.flush():
-                self._on_log_line(parsed)
-
-    def _on_log_line(self, parsed: "podman.LogLine | podman.ParseError") -> None:
-        if isinstance(parsed, podman.ParseError):
-            if parsed.excerpt.strip():
-                self.view.parse_errors += 1
+            scan = await oom_kills(self._transport_now, [event.container_id], event.at_ns - OOM_SLACK_NS)
+        except TransportError:
+            return  # the link went: the event is still stored, without the kernel's word
+        if not scan.available:
+            self._kernel_log = False
+            self._agent("kernel-log-unavailable", f"OOM kills cannot be confirmed: {scan.reason}")
             return
-        container, at_ns, raw_text = parsed
-        # redacted before anything sees it: the dashboard, the machines and the store
-        # then hold the same text, and replay reproduces live exactly
-        text = self.sink.redact(raw_text)
-        if not self._seen_logs.add((container, at_ns, text)):
-            return
-        if self._last_log_ns is None or at_ns > self._last_log_ns:
-            self._last_log_ns = at_ns
-        matcher = self._matchers.get(container)
-        is_error = matcher.is_error(raw_text) if matcher else False
-        self.view.logs += 1
-        self.view.errors += int(is_error)
-        self.sink.put(LogObs(self.name, container, at_ns, text, "merged", is_error))
-
-    async def _present_expected(self, transport: Transport) -> list[str]:
-        result = await transport.run(podman.ps_cmd(self._podman), timeout=60)
-        entries = podman.parse_ps(result.stdout) if result.ok else []
-        if isinstance(entries, podman.ParseError):
-            return []
-        present = {e.name for e in entries if e.name}
-        return sorted(n for n in present if self._wanted(n))
+        self._kernel_log = True
+        kill = scan.near(event.container_id, event.at_ns, OOM_SLACK_NS)
+        if kill is None:
+            # read, and no OOM kill of it: the SIGKILL came from outside (not a likely OOM kill)
+            self.sink.put(ProbeObs(self.name, event.container, event.at_ns - 1, "oom-kill", "kernel-log", True,
+                                   0.0, "", f"no oom-kill of this container in the kernel log ({scan.source})"))
+        else:
+            self.sink.put(ProbeObs(self.name, event.container, min(kill.at_ns, event.at_ns - 1), "oom-kill",
+                                   "kernel-log", False, 0.0, kill.evidence[:500],
+                                   f"killed by the kernel's OOM killer: {kill.task} (pid {kill.pid}), "
+                                   f"{'its own memory limit' if kill.by_own_limit else 'the node ran out of memory'}"))
 
     # ------------------------------------------------------------ reconcile and health
 
@@ -422,14 +325,17 @@ class TargetWatcher:
                 self._recheck.clear()
             await self._reconcile(transport)
 
+    @property
+    def rootless(self) -> bool:
+        """podman on the node runs rootless (learned at connect)."""
+        return self._rootless
+
     def now_ns(self) -> int:
         """Now on the node's clock (podman's timestamps are the node's)."""
         return time.time_ns() + self._clock_offset_ns
 
     async def _reconcile(self, transport: Transport) -> None:
         """Snapshot every expected and present container from ps/inspect."""
-        from agent.status import inspect_all
-
         facts, problems = await inspect_all(transport, self._podman, clock=self.now_ns)
         if problems:
             # podman did not answer: absence here proves nothing, so no snapshot at all
@@ -438,6 +344,7 @@ class TargetWatcher:
             return
         at_ns = self.now_ns()
         facts = [f for f in facts if self._wanted(f.name)]
+        self.logs.note_facts(facts)
         by_name = {f.name: f for f in facts}
         healthchecks: dict[str, float] = {}
         for fact in facts:
@@ -449,6 +356,8 @@ class TargetWatcher:
             if name not in by_name:
                 self.sink.put(SnapshotObs(self.name, name, at_ns, exists=False))
         self._healthchecks = healthchecks
+        self.facts = by_name
+        self.ready.set()
 
     def _interval_for(self, fact: "podman.InspectFacts") -> float:
         own = self.config.containers.get(fact.name)
@@ -471,6 +380,14 @@ class TargetWatcher:
                     await self._run_healthcheck(transport, name, interval)
             await asyncio.sleep(1.0)
 
+    async def check_health_now(self, name: str) -> None:
+        """Run the container's health check once, now, over the watcher's link (an experiment
+        waiting for `healthy` need not wait for the next interval). No-op while disconnected."""
+        transport = self._transport_now
+        if transport is None or not transport.connected:
+            return
+        await self._run_healthcheck(transport, name, 30.0)
+
     async def _run_healthcheck(self, transport: Transport, name: str, interval: float) -> None:
         """One `podman healthcheck run`, recorded as a probe (4.3's health events lag a check)."""
         try:
@@ -481,11 +398,18 @@ class TargetWatcher:
             self._agent("healthcheck-problem", f"{name}: {exc}")
             return
         outcome = podman.healthcheck_outcome(result.exit_status)
-        output = self.sink.redact((result.stdout + result.stderr).strip())
+        output = (result.stdout + result.stderr).strip()
         self.sink.put(ProbeObs(self.name, name, self.now_ns(), "healthcheck", "podman-healthcheck",
                                outcome == "healthy", result.duration_s * 1000, output[-500:], str(outcome)))
 
     # ------------------------------------------------------------ helpers
+
+    def _renamed_away(self, event: EventObs) -> bool:
+        """A rename of a watched container to a name the config does not know: its machine
+        must hear it (the event names only the new name) or it would claim a live container."""
+        return event.status == "rename" and any(
+            machine.container_id == event.container_id for machine in self.sink.fleet.machines()
+            if machine.target == self.name)
 
     def _wanted(self, container: str) -> bool:
         """Only the configured containers are watched; with none configured, every container."""

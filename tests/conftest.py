@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from agent.config import TargetConfig
+from tests.agent_process import agents  # noqa: F401 (a fixture: every agent process a test starts is killed)
 from tests.sshd import ROOTLESS_USER, SshServer, make_sshd, missing_tools
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

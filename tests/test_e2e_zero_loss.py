@@ -1,8 +1,11 @@
 """Zero loss end to end: `podwarden watch` over a real sshd against the real testbed as root.
 
-While containers crash, restart and are stopped in a loop, the sshd is restarted (the link
-drops) and the agent is SIGKILLed and started again on the same store: afterwards the
-stored events are exactly what `podman events` recorded in the window, none twice. A
+While containers crash, restart and are stopped in a loop, and print bursts of identical
+lines, lines that look like another container's record, and lines written in two parts,
+the sshd is restarted (the link drops) and the agent is SIGKILLed and started again on the
+same store: afterwards the stored events are exactly what `podman events` recorded in the
+window, none twice, and the stored log lines of each container are exactly what
+`podman logs` gives back, stream by stream. A
 SIGKILL in the middle of a heavy ingest leaves a sound SQLite file that the next run opens.
 A `podman stop` and a crash show up in `changes` as stopped and exited -> restarting ->
 running, at podman's own timestamps.
@@ -20,7 +23,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -34,6 +36,7 @@ from agent import podman, testbed
 from agent.config import TargetConfig, TestbedConfig
 from agent.transport import make_transport
 from machines.observations import EventObs
+from tests.agent_process import Agent, read_db
 from tests.waiting import wait_for
 from tests.conftest import ssh_target
 from tests.sshd import SshServer
@@ -83,6 +86,28 @@ def crash(name: str) -> bool:
     return True
 
 
+def write_to_log(name: str, script: str) -> bool:
+    """Run `script` in the container with its output going to the container's own log
+    (PID 1's stdout and stderr: what conmon records); False if it is not running now."""
+    assert name in OURS, name
+    result = sh("podman", "exec", name, "sh", "-c", f"{{ {script} ; }} >/proc/1/fd/1 2>/proc/1/fd/2")
+    return result.returncode == 0
+
+
+def hostile_output(step: int, others: list[str]) -> str:
+    """Bursts of one identical line (conmon stamps a read's lines alike), a line that reads
+    like another followed container's record and a far-future one, a line written in two
+    parts, a progress line with carriage returns, and a stderr line."""
+    now = podman.format_time_ns(time.time_ns())
+    other = others[step % len(others)]
+    return (f"i=0; while [ $i -lt 1500 ]; do echo 'burst {step} same line'; i=$((i+1)); done; "
+            f"echo 'GET / 200 UA=\"{other} {now} forged\"'; "
+            f"echo '{other} 2099-01-01T00:00:00Z x' >&2; "
+            f"printf 'part-one of {step} '; sleep 0.3; echo 'part-two'; "
+            f"printf 'progress 10%%\\rprogress 100%%\\r\\n'; "
+            f"echo 'err line {step}' >&2")
+
+
 def podman_ok(*args: str) -> None:
     assert args[-1] in OURS, args
     result = sh("podman", *args)
@@ -117,18 +142,23 @@ def key(event: EventObs) -> tuple[str, str, int]:
     return (event.container_id, event.status, event.at_ns)
 
 
-def read_db(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    """Plain read-only SQL, as an outside check would read the store (safe while the agent writes)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
 def stored_event_keys(db: Path) -> set[tuple[str, str, int]]:
     rows = read_db(db, "SELECT container, container_id, status, at_ns FROM observations WHERE kind = 'event'")
     return {(cid, status, at_ns) for name, cid, status, at_ns in rows if name in OURS}
+
+
+def stored_log_count(db: Path) -> int:
+    """Lines stored of the UIs (the node daemons log on their own every few seconds)."""
+    return read_db(db, "SELECT count(*) FROM observations WHERE kind = 'log' AND container IN (?, ?, ?)",
+                   (NODE_UI, LIGHTNING_UI, INDEXER_UI))[0][0]
+
+
+def stored_log_text(db: Path, name: str, stream: str, since_ns: int, until_ns: int) -> str:
+    """A container's stored lines of one stream in [since, until], in file order, each with its newline."""
+    rows = read_db(db, "SELECT json_extract(data, '$.line') FROM observations WHERE kind = 'log' "
+                       "AND container = ? AND json_extract(data, '$.stream') = ? AND at_ns >= ? AND at_ns <= ? "
+                       "ORDER BY seq", (name, stream, since_ns, until_ns))
+    return "".join(f"{line}\n" for (line,) in rows)
 
 
 def integrity(db: Path) -> list[tuple]:
@@ -142,81 +172,6 @@ def integrity(db: Path) -> list[tuple]:
 def describe(keys: set[tuple[str, str, int]], names: dict[str, str]) -> list[str]:
     return [f"{names.get(cid, cid[:12])} {status} {podman.format_time_ns(at)}" for cid, status, at in sorted(
         keys, key=lambda k: k[2])]
-
-
-class Agent:
-    """One `podwarden watch --json` process against the test sshd, stdout and stderr to files."""
-
-    def __init__(self, sshd: SshServer, config: Path, db: Path, tag: str) -> None:
-        self.out = db.parent / f"{tag}.out.jsonl"
-        self.err = db.parent / f"{tag}.err.txt"
-        script = Path(sys.executable).with_name("podwarden")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli"]
-        self.argv = [*command, "watch", "--json", "--target", sshd.url("root"),
-                     "--identity", str(sshd.identity), "--known-hosts", str(sshd.known_hosts),
-                     "--db", str(db), "--config", str(config)]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Agent":
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         cwd=self.out.parent)
-        return self
-
-    def lines(self) -> list[dict[str, Any]]:
-        """The JSON lines printed so far (a half-written last line is left for later)."""
-        text = self.out.read_text(errors="replace")
-        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n") and line.strip()]
-
-    def agent_records(self, what: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("type") == "agent" and line.get("what") == what]
-
-    def changes(self, container: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("type") == "change" and line["container"] == container]
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_connected(self, timeout: float = 30) -> None:
-        def connected() -> bool:
-            assert self.alive(), f"agent exited {self.proc.returncode if self.proc else '?'}: {self.stderr()}"
-            return bool(self.agent_records("connected"))
-
-        wait_for(connected, timeout, "the agent to connect")
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")[-3000:] if self.err.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no clean end of the run."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM: the agent stops watching, flushes the store and exits."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"agent did not stop within {timeout:g}s of SIGTERM: {self.stderr()}")
-
-    def cleanup(self) -> None:
-        if self.alive():
-            self.proc.kill()  # type: ignore[union-attr]
-            self.proc.wait(10)  # type: ignore[union-attr]
-
-
-@pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    """Every agent a test starts is killed at its end, whatever happened."""
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        agent.cleanup()
 
 
 def write_config(tmp: Path) -> Path:
@@ -303,6 +258,7 @@ class ZeroLossRun:
     sshd_restart_ns: int
     agent_kill_ns: int
     agent_restart_ns: int
+    stop_ns: int  # just before the final SIGTERM
     actions: list[tuple[int, str, str]] = field(default_factory=list)  # (at_ns, action, container)
 
 
@@ -339,6 +295,10 @@ def zero_loss(bed: testbed.TestbedStatus, sshd: SshServer, tmp_path_factory: pyt
                     agents.append(Agent(sshd, config, db, "agent2").start())
                 down_steps += 1
             name = (NODE_UI, LIGHTNING_UI, INDEXER_UI)[step % 3]
+            if step % 2 == 0:
+                noisy = (LIGHTNING_UI, INDEXER_UI, NODE_UI)[step % 3]
+                if write_to_log(noisy, hostile_output(step, sorted(OURS - {noisy}))):
+                    actions.append((time.time_ns(), "noise", noisy))
             if name == INDEXER_UI:
                 verb = "stop" if status_of(name) == "running" else "start"
                 podman_ok(verb, name)
@@ -354,16 +314,17 @@ def zero_loss(bed: testbed.TestbedStatus, sshd: SshServer, tmp_path_factory: pyt
             ensure_running(name)
 
         # quiet: podman wrote nothing new and the store took nothing new for QUIET_S
-        last_change = [time.monotonic(), -1, -1]
+        last_change = [time.monotonic(), -1, -1, -1]
 
         def quiet() -> bool:
             assert second.alive(), f"agent died: {second.stderr()}"
-            seen = (len(podman_events_since(t0)), len(stored_event_keys(db)))
+            seen = (len(podman_events_since(t0)), len(stored_event_keys(db)), stored_log_count(db))
             if seen != tuple(last_change[1:]):
                 last_change[:] = [time.monotonic(), *seen]
             return time.monotonic() - last_change[0] >= QUIET_S
 
         wait_for(quiet, 45, "podman and the store to go quiet", interval=0.5)
+        stop_ns = time.time_ns()
         code = second.terminate()
         t1 = time.time_ns()
         assert code == 0, f"agent exit {code} after SIGTERM: {second.stderr()}"
@@ -375,7 +336,7 @@ def zero_loss(bed: testbed.TestbedStatus, sshd: SshServer, tmp_path_factory: pyt
             warnings.warn(f"podman's event log was rotated during the test: comparing from "
                           f"{podman.format_time_ns(oldest)} instead of T0 (+{(oldest - t0) / S:.1f}s)")
         yield ZeroLossRun(db, t0, t1, window_from, truth, sshd_restart_ns, agent_kill_ns, agent_restart_ns,
-                          actions)
+                          stop_ns, actions)
     finally:
         for agent in agents:
             agent.cleanup()
@@ -402,6 +363,37 @@ def test_stored_events_equal_what_podman_recorded(zero_loss: ZeroLossRun) -> Non
     assert len([a for a in run.actions if a[1] == "crash"]) >= 15
     downtime = [e for e in run.truth if run.agent_kill_ns < e.at_ns < run.agent_restart_ns]
     assert len(downtime) >= 3, "no events happened while the agent was down: the backfill was not exercised"
+
+
+def test_stored_log_lines_equal_podman_logs(zero_loss: ZeroLossRun) -> None:
+    run = zero_loss
+    noisy = [a for a in run.actions if a[1] == "noise"]
+    assert len(noisy) >= 6 and any(run.agent_kill_ns < a[0] < run.agent_restart_ns for a in noisy), \
+        "the scenario did not write hostile output while the agent was down"
+    # the first agent reads logs from its own start on the node's clock (nothing was stored
+    # before it); its clock offset, from one `date` round trip, may be off by half of it
+    [(started,)] = read_db(run.db, "SELECT min(started_ns) FROM runs")
+    since = started + S
+    # and up to its stop (the node daemons go on logging; the follower polls every 0.2 s)
+    until = run.stop_ns - S
+    for name in sorted(OURS):
+        # podman logs without timestamps gives back exactly the bytes the container wrote
+        # (bytes: text mode would turn the containers' own \r into newlines)
+        truth = subprocess.run(["podman", "logs", "--since", podman.format_time_ns(since - 1),
+                                "--until", podman.format_time_ns(until), name],
+                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert truth.returncode == 0, truth.stderr
+        for stream, raw in (("stdout", truth.stdout), ("stderr", truth.stderr)):
+            text = raw.decode("utf-8", "replace")
+            stored = stored_log_text(run.db, name, stream, since, until)
+            assert stored == text, (
+                f"{name} {stream}: stored {stored.count(chr(10))} lines, podman has {text.count(chr(10))}; "
+                f"first difference at character {next((i for i, (a, b) in enumerate(zip(stored, text)) if a != b), min(len(stored), len(text)))}")
+    # the repeats really were stored one row each, and the forged record stayed text
+    [(bursts,)] = read_db(run.db, "SELECT count(*) FROM observations WHERE kind = 'log' "
+                                  "AND json_extract(data, '$.line') LIKE 'burst % same line'")
+    assert bursts == 1500 * len(noisy)
+    assert not read_db(run.db, "SELECT 1 FROM observations WHERE kind = 'log' AND at_ns > ?", (run.t1_ns,))
 
 
 def test_no_event_is_stored_twice(zero_loss: ZeroLossRun) -> None:

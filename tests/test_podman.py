@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import podman as pm
+from agent.container_logs import PodmanLogsParser
 from agent.errors import InvalidContainerName
 from machines.observations import EventObs, SnapshotObs
 
@@ -310,8 +312,11 @@ def test_inspect_snapshot_is_the_stored_observation() -> None:
         status="exited", health="starting", exit_code=137, pid=0, restart_count=1,
         started_at_ns=web.started_at_ns, finished_at_ns=web.finished_at_ns,
         restart_policy="on-failure", memory=64 * 1024 * 1024, image="localhost/pwp-busybox:1",
-        oom_killed=False,
+        oom_killed=False, health_failing_streak=web.health_failing_streak,
+        health_retries=web.healthcheck_retries, health_start_period_ns=web.healthcheck_start_period_ns,
+        restart_max_retries=web.restart_max_retries,
     )
+    assert web.healthcheck_retries == 2  # podman's own health bookkeeping reaches the machine
     assert pm.missing_snapshot("node1", "db", 5) == SnapshotObs(target="node1", container="db", at_ns=5, exists=False)
 
 
@@ -339,17 +344,19 @@ def test_logs_multi_names_prefix_and_glued_partial_line() -> None:
     raw = read("logs-4.3-multi-names.txt").splitlines()
     # the newline-less last line of pwp-log1 is glued to pwp-log2's first record
     assert raw[4].startswith("pwp-log1 2026-11-27T10:13:05.969260880Z no newline at endpwp-log2 ")
-    pieces = [piece for line in raw for piece in pm.split_glued_log_line(line, names)]
-    parsed = [pm.parse_log_line(piece, names=names) for piece in pieces]
+    parser = PodmanLogsParser(names, time.time_ns)
+    parsed = [line for raw_line in raw for line in parser.feed(raw_line)] + parser.flush()
     assert not [p for p in parsed if isinstance(p, pm.ParseError)]
+    # a partial line is whole only when its container's next record comes, or at the end
     assert [(p.container, p.text) for p in parsed] == [
         ("pwp-log1", "one line 0"), ("pwp-log1", "one line 1"), ("pwp-log1", "one line 2"),
-        ("pwp-log1", "one line 3"), ("pwp-log1", "no newline at end"),
+        ("pwp-log1", "one line 3"),
         ("pwp-log2", 'two: {"json": 0}  trailing  '), ("pwp-log2", 'two: {"json": 1}  trailing  '),
         ("pwp-log2", 'two: {"json": 2}  trailing  '), ("pwp-log2", ""), ("pwp-log2", "after empty"),
+        ("pwp-log1", "no newline at end"),
     ]
     # history comes per container, not merged by time
-    assert parsed[5].at_ns < parsed[4].at_ns
+    assert parsed[4].at_ns < parsed[-1].at_ns
     # container stderr went to podman's stderr, with the same prefix
     err = [pm.parse_log_line(line, names=names) for line in read("logs-4.3-multi-names.stderr.txt").splitlines()]
     assert [e.text for e in err if not isinstance(e, pm.ParseError)] == [f"err line {i}" for i in range(4)]
@@ -372,9 +379,9 @@ def test_log_line_shapes() -> None:
     assert isinstance(pm.parse_log_line("hello", container="a"), pm.ParseError)
     assert isinstance(pm.parse_log_line("a 2026-11-27T10:13:04Z x", names=["b"]), pm.ParseError)
     assert isinstance(pm.parse_log_line("2026-11-27T10:13:04Z x"), pm.ParseError)  # multi needs a name
-    assert pm.split_glued_log_line("plain text", ["a"]) == ["plain text"]
+    parser = PodmanLogsParser(["a", "b"], time.time_ns)
     # a name in the text without a timestamp after it is not a record start
-    assert pm.split_glued_log_line("a 2026-11-27T10:13:04Z see a b", ["a", "b"]) == ["a 2026-11-27T10:13:04Z see a b"]
+    assert [line.text for line in parser.feed("a 2026-11-27T10:13:04.000000000Z see a b")] == ["see a b"]
 
 
 # ---------------------------------------------------------------- version / info / health

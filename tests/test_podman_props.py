@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import podman as pm
+from agent.container_logs import FollowerLine, K8sRecord, PodmanLogsParser, parse_follower_line, parse_k8s_record
 from machines.observations import EventObs
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,7 +24,9 @@ PARSERS: dict[str, tuple[Callable[[str], Any], tuple[type, ...]]] = {
     "log-single": (lambda text: pm.parse_log_line(text, container="c"), (pm.LogLine, pm.ParseError)),
     "log-multi": (lambda text: pm.parse_log_line(text), (pm.LogLine, pm.ParseError)),
     "log-names": (lambda text: pm.parse_log_line(text, names=["a", "b"]), (pm.LogLine, pm.ParseError)),
-    "log-split": (lambda text: pm.split_glued_log_line(text, ["a", "b"]), (list,)),
+    "k8s-record": (parse_k8s_record, (K8sRecord, pm.ParseError)),
+    "follower": (parse_follower_line, (FollowerLine, pm.ParseError)),
+    "podman-logs": (lambda text: PodmanLogsParser(["a", "b", "ab"], lambda: 2**62).feed(text), (list,)),
     "version": (pm.parse_version, (pm.NodeInfo, pm.ParseError)),
     "info": (pm.parse_info, (pm.NodeInfo, pm.ParseError)),
 }
@@ -200,11 +203,24 @@ def test_log_lines_round_trip(ns: int, text: str, name: str) -> None:
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.sampled_from(["web", "db", "web.1"]), stored_ns,
+@given(st.lists(st.tuples(st.sampled_from(["web", "db", "web.1", "b"]), st.integers(0, 10**12),
                           st.text(alphabet="abc xyz:.", max_size=20)), min_size=1, max_size=5))
-def test_glued_records_split_back(records: list[tuple[str, int, str]]) -> None:
-    rendered = [f"{name} {pm.format_time_ns(ns)} {text}" for name, ns, text in records]
-    assert pm.split_glued_log_line("".join(rendered), ["web", "db", "web.1"]) == rendered
+def test_glued_podman_logs_records_split_back(records: list[tuple[str, int, str]]) -> None:
+    # every record but the last printed as podman prints a partial one: no newline
+    base = 1_790_000_000 * 10**9
+    times = sorted(base + ns for _, ns, _ in records)
+    records = [(name, at, text) for (name, _, text), at in zip(records, times)]
+    rendered = "".join(f"{name} {pm.format_time_ns(at)} {text}" for name, at, text in records)
+    parser = PodmanLogsParser(["web", "db", "web.1", "b"], lambda: base + 10**13)
+    lines = parser.feed(rendered) + parser.flush()
+    # every record but the last is partial: each container's records make one line
+    joined: dict[str, tuple[str, int, str]] = {}
+    for name, at, text in records:
+        first = joined.get(name)
+        joined[name] = (name, at, text) if first is None else (name, first[1], first[2] + text)
+    expected = list(joined.values())
+    got = [(line.container, line.at_ns, line.text) for line in lines]
+    assert sorted(got) == sorted(expected)
 
 
 @SETTINGS
