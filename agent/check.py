@@ -41,8 +41,12 @@ from agent.kernel import OomScan, oom_kills
 from agent.policies import check_missing, check_policies
 from agent.probes import ProbeResult, execute_probe, probe_name
 from agent.recent_logs import LogRead, read_logs, without_podman_noise
-from agent.status import inspect_all
-from agent.transport import Transport
+from agent.errors import TargetUnreachable
+from agent.node import inspect_all
+from agent.recording import Recording, machine_settings, recording
+from agent.sink import Sink
+from agent.transport import Transport, make_transport
+from machines.container import Fleet
 from machines.observations import ProbeObs
 
 MAX_CONCURRENT = 4  # OpenSSH MaxSessions is 10 and the SSH transport caps channels at 8
@@ -163,7 +167,7 @@ def implicit_service_probes(service_name: str, health_url: str | None,
     return probes
 
 
-def _plan(config: Config, facts_by_name: dict[str, podman.InspectFacts], inventory_ok: bool) -> list[_PlannedProbe]:
+def plan_probes(config: Config, facts_by_name: dict[str, podman.InspectFacts], inventory_ok: bool) -> list[_PlannedProbe]:
     plan: list[_PlannedProbe] = []
     for name, own in config.containers.items():
         if own.expected_state not in RUNNING_STATES:
@@ -259,13 +263,13 @@ def _death_window_start(facts: podman.InspectFacts, timing: Timing) -> int | Non
     return None
 
 
-async def run_check(transport: Transport, config: Config, target: TargetConfig, *, store: Any = None,
-                    run_id: int | None = None, progress: Callable[[str], None] = _quiet,
-                    rules: list[Rule] | None = None) -> CheckReport:
+async def run_check(transport: Transport, config: Config, target: TargetConfig, *, rec: Recording | None = None,
+                    progress: Callable[[str], None] = _quiet, rules: list[Rule] | None = None) -> CheckReport:
     """Check one target: inventory, probes, policies, log errors and diagnosis.
 
-    Stores snapshots, probe observations and findings when `store` (a StoreWriter) is
-    given. Probes run at most MAX_CONCURRENT at a time. Operational failures become
+    Snapshots and probe results go through the recording's sink like any watched
+    observation (stored first, then fed to the machines), findings into its store.
+    Without `rec` nothing is stored. Probes run at most MAX_CONCURRENT at a time. Operational failures become
     failed probes, findings and notes; when podman does not answer ps/inspect, the
     report says so in `unanswered` and expected containers are `unknown`. Raises
     TransportError only when the link to the target is lost during the check.
@@ -277,10 +281,14 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
     report = CheckReport(name, time.time_ns())
     findings: list[Finding] = []
     offset_ns = await node_clock_offset_ns(transport)
+    sink = rec.sink if rec is not None else Sink(Fleet(machine_settings(config)))
+
+    def node_now() -> int:
+        return time.time_ns() + offset_ns
 
     progress(f"{name}: inventory (podman ps, inspect)")
     try:
-        facts_list, problems = await inspect_all(transport, podman_cmd)
+        facts_list, problems = await inspect_all(transport, podman_cmd, clock=node_now)
     except TransportError as exc:
         if not transport.connected:
             raise
@@ -298,16 +306,15 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
     progress(f"{name}: {len(facts_by_name)} containers present, {len(expected)} expected"
              + (f", missing: {', '.join(missing)}" if missing and inventory_ok else "")
              + ("" if inventory_ok else f", podman did not answer: {report.unanswered}"))
-    if store is not None:
-        for facts in facts_list:
-            store.add(facts.snapshot(), run_id)
-        if inventory_ok:
-            for container in missing:
-                store.add(podman.missing_snapshot(name, container, report.started_ns), run_id)
+    for facts in facts_list:
+        sink.put(facts.snapshot())
+    if inventory_ok:
+        for container in missing:
+            sink.put(podman.missing_snapshot(name, container, node_now()))
     if inventory_ok:
         findings.extend(check_missing(name, config, facts_by_name))
 
-    plan = _plan(config, facts_by_name, inventory_ok)
+    plan = plan_probes(config, facts_by_name, inventory_ok)
     limit = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def bounded(make: Callable[[], Awaitable[T]]) -> T:
@@ -316,12 +323,12 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
 
     async def probe_task(planned: _PlannedProbe) -> ProbeResult:
         if planned.skip_reason:
-            obs = ProbeObs(name, planned.owner, time.time_ns(), probe_name(planned.probe), planned.probe.type,
+            obs = ProbeObs(name, planned.owner, node_now(), probe_name(planned.probe), planned.probe.type,
                            False, 0.0, "", planned.skip_reason)
             return ProbeResult(obs)
         return await bounded(lambda: execute_probe(
             transport, podman_cmd, planned.owner, planned.probe, error_patterns=planned.error_patterns,
-            ignore_patterns=planned.ignore_patterns, now_ns=time.time_ns()))
+            ignore_patterns=planned.ignore_patterns, now_ns=node_now()))
 
     async def logs_task(container: str) -> LogRead:
         try:
@@ -347,7 +354,7 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
     # state after our probes (a health check run moves podman's health state), then the
     # events of the deaths that state implies, then the log lines of those deaths.
     if present:
-        facts_by_name.update(await _reinspect(transport, podman_cmd, present, store, run_id))
+        facts_by_name.update(await _reinspect(transport, podman_cmd, present, sink, node_now))
     runs = results  # as they ran: what podman's health log got from us
     results = [dataclasses.replace(r, obs=judge_health_probe(r, facts_by_name.get(r.obs.container)))
                for r in results]
@@ -357,8 +364,7 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
         if (obs.container, obs.probe) not in skipped:
             progress(f"{obs.container}/{obs.probe} ({obs.probe_type}): "
                      + (f"ok in {obs.latency_ms:.0f} ms" if obs.ok else f"FAILED: {obs.detail}"))
-        if store is not None:
-            store.add(obs, run_id)
+        sink.put(obs)
     report.probes = [result.obs for result in results]
     for container in sorted(set(config.containers) | set(facts_by_name)):
         report.containers.append(ContainerEntry.of(container, config.containers.get(container),
@@ -410,20 +416,18 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
     order = {severity: index for index, severity in enumerate(SEVERITIES)}
     report.findings = sorted(findings, key=lambda f: (order.get(f.severity, len(order)), f.container, f.rule))
     report.ended_ns = time.time_ns()
-    if store is not None:
+    if rec is not None:
         for finding in report.findings:
-            store.add_finding(run_id, target=finding.target, container=finding.container, rule=finding.rule,
-                              severity=finding.severity, message=finding.message, cause=finding.cause,
-                              fix=finding.fix, evidence=finding.evidence, at_ns=report.ended_ns)
-        await store.flush()
+            rec.add_finding(finding, report.ended_ns)
+        await rec.flush()
     failed = len(report.failed_probes)
     progress(f"{name}: {report.verdict}: {len(report.findings)} finding(s), {failed} failed probe(s) "
              f"of {len(report.probes)}")
     return report
 
 
-async def _reinspect(transport: Transport, podman_cmd: list[str], names: list[str], store: Any,
-                     run_id: int | None) -> dict[str, podman.InspectFacts]:
+async def _reinspect(transport: Transport, podman_cmd: list[str], names: list[str], sink: Sink,
+                     clock: Callable[[], int]) -> dict[str, podman.InspectFacts]:
     """Fresh inspect facts of `names` (those podman still has); empty when inspect fails."""
     try:
         result = await transport.run(podman.inspect_cmd(podman_cmd, names), timeout=60)
@@ -431,68 +435,58 @@ async def _reinspect(transport: Transport, podman_cmd: list[str], names: list[st
         if not transport.connected:
             raise
         return {}
-    facts = podman.parse_inspect(result.stdout, transport.name, time.time_ns())
+    facts = podman.parse_inspect(result.stdout, transport.name, clock())
     if isinstance(facts, podman.ParseError):
         return {}
-    if store is not None:
-        for fact in facts:
-            store.add(fact.snapshot(), run_id)
+    for fact in facts:
+        sink.put(fact.snapshot())
     return {fact.name: fact for fact in facts}
 
 
-# ---------------------------------------------------------------- terminal
+# ---------------------------------------------------------------- the verb
 
 
-def render_table(report: CheckReport) -> Any:
-    """A rich renderable of a report: containers, probes, findings and the verdict."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+@dataclass
+class CheckOutcome:
+    """One `podwarden check` over one or more targets: a report (or why there is none) per target."""
 
-    containers = Table(title=f"containers on {report.target}", title_justify="left")
-    for column in ("container", "expected", "state", "health", "restarts", "policy", "memory", "image"):
-        containers.add_column(column)
-    for entry in report.containers:
-        style = "red" if entry.state in ("missing", "unknown") or (entry.expected_state in RUNNING_STATES
-                                                     and entry.state != "running") else ""
-        containers.add_row(Text(entry.name), Text(entry.expected_state or "-"), Text(entry.state, style=style),
-                           Text(entry.health or "-"), Text(str(entry.restarts)), Text(entry.restart_policy or "-"),
-                           Text(_memory(entry.memory)), Text(entry.image or "-"))
+    run_id: int | None
+    results: list[tuple[TargetConfig, CheckReport | None, TargetUnreachable | None]]
 
-    probes = Table(title="probes", title_justify="left")
-    for column in ("container", "probe", "type", "result", "ms", "detail"):
-        probes.add_column(column, overflow="fold")
-    for obs in report.probes:
-        # plain Text everywhere: log lines like `[/v1/getinfo]` are not rich markup
-        probes.add_row(Text(obs.container), Text(obs.probe), Text(obs.probe_type),
-                       Text("ok", style="green") if obs.ok else Text("FAIL", style="bold red"),
-                       Text(f"{obs.latency_ms:.0f}"), Text(obs.detail or ""))
+    @property
+    def failures(self) -> list[TargetUnreachable]:
+        return [failure for _, _, failure in self.results if failure is not None]
 
-    findings = Table(title="findings", title_justify="left")
-    for column in ("severity", "container", "rule", "message", "fix"):
-        findings.add_column(column, overflow="fold")
-    colours = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-    for finding in report.findings:
-        findings.add_row(Text(finding.severity, style=colours.get(finding.severity, "")),
-                         Text(finding.container or "-"), Text(finding.rule), Text(finding.message), Text(finding.fix))
+    @property
+    def verdict(self) -> str:
+        passed = not self.failures and all(r is not None and r.passed for _, r, _ in self.results)
+        return "pass" if passed else "fail"
 
-    verdict = Text(f"verdict: {report.verdict.upper()}  ({len(report.findings)} findings, "
-                   f"{len(report.failed_probes)} of {len(report.probes)} probes failed)",
-                   style="bold green" if report.passed else "bold red")
-    parts: list[Any] = [containers, probes]
-    if report.findings:
-        parts.append(findings)
+
+async def check(config: Config, targets: list[TargetConfig], db: str | None,
+                progress: Callable[[str], None] = _quiet) -> CheckOutcome:
+    """`podwarden check`: every target checked in one recorded run (nothing stored with db None).
+
+    A target that cannot be reached, or whose podman does not answer, is reported with
+    its TargetUnreachable; the run then ends `unreachable`.
+    """
+    async with recording(config, "check", [t.name for t in targets], db) as rec:
+        outcome = CheckOutcome(rec.run_id, [])
+        for target in targets:
+            outcome.results.append((target, *await _check_target(config, target, rec, progress)))
+        rec.verdict = "unreachable" if outcome.failures else outcome.verdict
+    return outcome
+
+
+async def _check_target(config: Config, target: TargetConfig, rec: Recording, progress: Callable[[str], None]
+                        ) -> tuple[CheckReport | None, TargetUnreachable | None]:
+    try:
+        async with make_transport(target) as transport:
+            report = await run_check(transport, config, target, rec=rec, progress=progress)
+    except TargetUnreachable as exc:
+        return None, exc
+    except TransportError as exc:
+        return None, TargetUnreachable(target.name, f"link lost during the check: {exc.reason}")
     if report.unanswered:
-        parts.append(Text(f"podman did not answer: {report.unanswered}", style="bold red"))
-    parts.extend(Text(f"note: {note}", style="dim") for note in report.notes)
-    parts.append(verdict)
-    return Group(*parts)
-
-
-def _memory(value: int) -> str:
-    if value <= 0:
-        return "none"
-    for unit, size in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
-        if value >= size and value % size == 0:
-            return f"{value // size}{unit}"
-    return str(value)
+        return report, TargetUnreachable(target.name, f"podman did not answer: {report.unanswered}")
+    return report, None

@@ -1,4 +1,11 @@
-"""The command line: thin verbs over the rooms. Errors become messages and exit codes only here."""
+"""The command line: options, a call to the verb's module, rendering, and exit codes. Nothing else.
+
+Each verb's work lives in its own module (agent/status.py, watch.py, check.py, testbed.py,
+demo.py, ...); rendering in agent/render.py. Errors become one-line messages and exit
+codes only here: 2 bad usage or config, 3 target unreachable, 1 anything else podwarden
+raises on purpose. With --json every outcome, errors included, is one JSON document
+(`watch --json` prints one JSON object per line instead).
+"""
 
 from __future__ import annotations
 
@@ -12,24 +19,25 @@ from typing import Any, Awaitable, Callable
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.live import Live
 from rich.text import Text
 
-from agent.config import Config, TargetConfig, config_from_dict, load_config, resolve_target
+from agent import render
+from agent.config import Config, TargetConfig, config_from_dict, load_config, parse_duration, resolve_target
 from agent.errors import (
-    ConfigError,
     EXIT_FAIL,
     EXIT_OK,
     EXIT_USAGE,
+    ConfigError,
     PodwardenError,
     TargetUnreachable,
-    TransportError,
     UsageError,
 )
 from agent.log import setup_logging
-from agent.transport import Transport, make_transport
+from store.errors import StoreError
 
 DEFAULT_CONFIG = "config.toml"
+Failure = (PodwardenError, StoreError)
 
 # piped output is read by scripts and people alike: don't squeeze tables to 80 columns
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -48,6 +56,7 @@ class Options:
     json: bool
     dry_run: bool
     verbose: int
+    printed: bool = False  # the --json document is out: an error after it needs no second one
 
     def load_config(self) -> Config:
         """The config named by --config, else ./config.toml, else built-in defaults."""
@@ -58,12 +67,47 @@ class Options:
     def target_for(self, config: Config) -> TargetConfig:
         return resolve_target(config, self.target, self.identity, self.known_hosts)
 
+    def targets_for(self, config: Config, all_targets: bool) -> list[TargetConfig]:
+        if all_targets:
+            if not config.targets:
+                raise UsageError("--all-targets: the config has no [targets]")
+            return list(config.targets.values())
+        return [self.target_for(config)]
+
     def db_path(self, config: Config) -> str:
         return self.db or config.podwarden.db
 
+    def never_acts(self, verb: str) -> None:
+        """Refuse --dry-run on a verb that changes nothing on the node (exit 2)."""
+        if self.dry_run:
+            raise UsageError(f"--dry-run: `{verb}` never changes the node, so there is nothing to rehearse; "
+                             "drop --dry-run (it applies to testbed, experiment and hooks)")
+
+    def emit(self, document: Any) -> None:
+        """The verb's one JSON document on stdout."""
+        sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+        sys.stdout.flush()
+        self.printed = True
+
+
+def error_json(exc: BaseException) -> dict[str, Any]:
+    """An error as the `error` object of a --json document: kind, exit code, message and its facts."""
+    kinds = ((ConfigError, "config"), (UsageError, "usage"), (TargetUnreachable, "unreachable"),
+             (StoreError, "store"))
+    document: dict[str, Any] = {
+        "kind": next((kind for cls, kind in kinds if isinstance(exc, cls)), type(exc).__name__),
+        "exit_code": getattr(exc, "exit_code", EXIT_FAIL), "message": getattr(exc, "message", str(exc)),
+    }
+    if isinstance(exc, ConfigError):
+        document.update(file=exc.path, key=exc.key, problem=exc.problem)
+    if isinstance(exc, TargetUnreachable):
+        document.update(target=exc.target, reason=exc.reason)
+    return document
+
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Declare the shared options once and hand them to the verb as `opts`."""
+    """Declare the shared options once, hand them to the verb as `opts`, and with --json
+    answer an error with a JSON document too."""
 
     @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
                   help="Config file (default ./config.toml).")
@@ -76,7 +120,8 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False), default=None,
                   help="known_hosts file to verify the target's host key (default ~/.ssh/known_hosts).")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-    @click.option("--dry-run", is_flag=True, help="Hooks and experiments print what they would do.")
+    @click.option("--dry-run", is_flag=True,
+                  help="Print each step that would change the node, and change nothing (testbed, experiment).")
     @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
     @functools.wraps(func)
     def wrapper(*args: Any, config: str | None, db: str | None, target: str | None,
@@ -84,7 +129,12 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 verbose: int, **kwargs: Any) -> Any:
         setup_logging(verbose)
         opts = Options(config, db, target, identity, known_hosts, as_json, dry_run, verbose)
-        return func(*args, opts=opts, **kwargs)
+        try:
+            return func(*args, opts=opts, **kwargs)
+        except Failure as exc:
+            if opts.json and not opts.printed:
+                opts.emit({"verdict": "fail", "error": error_json(exc)})
+            raise
 
     return wrapper
 
@@ -99,10 +149,17 @@ def progress(message: str) -> None:
     err.print(Text.assemble(("… ", "dim"), message))
 
 
-def print_json(document: Any) -> None:
-    """One JSON document on stdout."""
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
-    sys.stdout.flush()
+def seconds_of(option: str, value: str | None) -> float | None:
+    """A duration option in seconds (None stays None); raises UsageError naming the option."""
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise UsageError(f"{option}: must be more than 0 (got {value!r})")
+    return seconds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -114,20 +171,11 @@ def cli() -> None:
     Start with:
       podwarden testbed up        # a miniature stack on local podman
       podwarden status            # every expected and present container
-      podwarden demo              # testbed up, then the whole plan against it
+      podwarden demo              # testbed up, then the baseline check against it
     """
 
 
 # ---------------------------------------------------------------- status
-
-def _memory(value: int) -> str:
-    if not value:
-        return "none"
-    for unit, size in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
-        if value >= size:
-            return f"{value / size:g}{unit}"
-    return str(value)
-
 
 @cli.command()
 @common_options
@@ -140,56 +188,22 @@ def status(opts: Options) -> int:
       podwarden status --target ssh://bitcoin@127.0.0.1:2222 --identity ~/.ssh/id_ed25519 --json
     Exit 0, or 3 when the target is unreachable.
     """
-    from agent.status import gather_status
+    from agent.status import status as look
 
+    opts.never_acts("status")
     config = opts.load_config()
-    target = opts.target_for(config)
-
-    async def go() -> int:
-        async with make_transport(target) as transport:
-            try:
-                node = await gather_status(transport, config, target.podman)
-            except TransportError as exc:
-                lost = "link lost" if not transport.connected else "podman did not answer"
-                raise TargetUnreachable(target.name, f"{lost}: {exc.reason}") from None
-        if opts.json:
-            print_json(node.to_json())
-            return EXIT_OK
-        table = Table(title=f"{node.target}  podman {node.podman_version or '?'}"
-                            f"{'  rootless' if node.rootless else ''}")
-        for column in ("container", "role", "state", "health", "restarts", "policy", "memory", "image", "ports"):
-            table.add_column(column)
-        for c in node.containers:
-            style = "red" if c.state in ("missing", "exited") or c.health == "unhealthy" else ""
-            table.add_row(Text.assemble(c.name, (" (unexpected)" if not c.expected else "", "dim")), Text(c.role),
-                          c.state, c.health or "-", str(c.restarts), c.restart_policy or "-",
-                          _memory(c.memory), Text(c.image or "-"), Text(", ".join(c.ports) or "-"), style=style)
-        out.print(table)
-        if node.services:
-            services = Table(title="host services")
-            for column in ("service", "active", "health", "detail"):
-                services.add_column(column)
-            for s in node.services:
-                active = "-" if s.active is None else ("yes" if s.active else "no")
-                services.add_row(s.name, active, Text(s.health), Text(s.detail),
-                                 style="" if s.active is not False and s.health in ("ok", "n/a") else "red")
-            out.print(services)
-        for problem in node.problems:
-            err.print(Text.assemble(("warning: ", "yellow"), problem))
+    node = run_async(look(config, opts.target_for(config)))
+    if opts.json:
+        opts.emit(node.to_json())
         return EXIT_OK
-
-    return run_async(go())
+    for part in render.node_status(node):
+        out.print(part)
+    for problem in node.problems:
+        err.print(Text.assemble(("warning: ", "yellow"), problem))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- watch
-
-def _targets(opts: Options, config: Config, all_targets: bool) -> list[TargetConfig]:
-    if all_targets:
-        if not config.targets:
-            raise UsageError("--all-targets: the config has no [targets]")
-        return list(config.targets.values())
-    return [opts.target_for(config)]
-
 
 @cli.command()
 @click.option("--for", "duration", default=None, metavar="DURATION",
@@ -208,29 +222,46 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
       podwarden watch --for 8h
       podwarden watch --target ssh://bitcoin@127.0.0.1:2222 --json | jq .
     """
-    from agent.config import parse_duration
-    from agent.session import install_stop_signals, open_session, record
+    from agent import watch as verb
+    from agent.dashboard import render as frame
+    from agent.recording import recording
+    from agent.stopping import install_stop_signals
+    from machines.observations import AgentObs
 
+    opts.never_acts("watch")
     config = opts.load_config()
-    seconds = None
-    if duration is not None:
-        try:
-            seconds = parse_duration(duration)
-        except ValueError as exc:
-            raise UsageError(f"--for: {exc}") from None
-    targets = _targets(opts, config, all_targets)
+    seconds = seconds_of("--for", duration)
+    targets = opts.targets_for(config, all_targets)
     db = opts.db_path(config)
+    expected = {(t.name or t.describe(), name): c.expected_state
+                for t in targets for name, c in config.containers.items()}
+
+    def line(document: dict) -> None:
+        sys.stdout.write(json.dumps(document) + "\n")
+        sys.stdout.flush()
 
     async def go() -> int:
         stop = asyncio.Event()
         undo = install_stop_signals(stop)
         try:
-            async with open_session(config, targets, db, "watch") as session:
-                if not opts.json:
-                    err.print(f"recording run {session.run_id} into {db}", markup=False)
-                await record(session, stop, seconds, dashboard=not (opts.json or no_dashboard),
-                             json_lines=opts.json, console=out)
-                count = len(session.changes)
+            async with recording(config, "watch", [t.name for t in targets], db) as rec:
+                watchers = await verb.watchers_for(rec, targets)
+                if opts.json:
+                    rec.sink.on_change.append(lambda change: line(render.change_line(change)))
+                    rec.sink.on_observation.append(
+                        lambda obs: line(render.agent_line(obs)) if isinstance(obs, AgentObs) else None)
+                else:
+                    err.print(f"recording run {rec.run_id} into {db}", markup=False)
+                if opts.json or no_dashboard:
+                    await verb.watch(rec, watchers, stop, seconds)
+                else:
+                    def draw() -> Any:
+                        return frame(rec.fleet, [w.view for w in watchers], rec.started_ns,
+                                     len(rec.sink.changes), expected=expected)
+
+                    with Live(draw(), console=out, refresh_per_second=2, transient=False) as live:
+                        await verb.watch(rec, watchers, stop, seconds, on_tick=lambda: live.update(draw()))
+                count = len(rec.sink.changes)
         finally:
             undo()
         if not opts.json:
@@ -242,20 +273,6 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
 
 # ---------------------------------------------------------------- check
 
-def error_json(exc: PodwardenError) -> dict[str, Any]:
-    """An error as the `error` object of a --json document: kind, exit code, message and its facts."""
-    kinds = ((ConfigError, "config"), (UsageError, "usage"), (TargetUnreachable, "unreachable"))
-    document: dict[str, Any] = {
-        "kind": next((kind for cls, kind in kinds if isinstance(exc, cls)), type(exc).__name__),
-        "exit_code": exc.exit_code, "message": exc.message,
-    }
-    if isinstance(exc, ConfigError):
-        document.update(file=exc.path, key=exc.key, problem=exc.problem)
-    if isinstance(exc, TargetUnreachable):
-        document.update(target=exc.target, reason=exc.reason)
-    return document
-
-
 @cli.command()
 @click.option("--all-targets", is_flag=True, help="Check every target in the config.")
 @click.option("--no-store", is_flag=True, help="Don't record the probes and findings in the store.")
@@ -263,9 +280,9 @@ def error_json(exc: PodwardenError) -> dict[str, Any]:
 def check(opts: Options, all_targets: bool, no_store: bool) -> int:
     """Baseline of a node: inventory, every probe, every policy, recent log errors, diagnosis.
 
-    Findings name the container, the rule, the cause and the fix. Probes and findings
-    are stored with the run unless --no-store; every stored run ends with a verdict
-    (pass, fail, unreachable, error or interrupted).
+    Findings name the container, the rule, the cause and the fix. Snapshots, probes,
+    state changes and findings are stored with the run unless --no-store; every stored
+    run ends with a verdict (pass, fail, unreachable, error or interrupted).
 
     \b
     Example:
@@ -274,96 +291,40 @@ def check(opts: Options, all_targets: bool, no_store: bool) -> int:
     Exit 0 when everything passes, 1 when anything fails, 2 for a bad config, 3 when the
     target (or podman on it) does not answer; with --json, one JSON document in every case.
     """
-    from agent.check import CheckReport, render_table, run_check
+    from agent.check import check as verb
 
-    try:
-        config = opts.load_config()
-        targets = _targets(opts, config, all_targets)
-    except PodwardenError as exc:
-        if opts.json:
-            print_json({"verdict": "fail", "error": error_json(exc)})
-        raise
-    db = opts.db_path(config)
+    opts.never_acts("check")
+    config = opts.load_config()
+    targets = opts.targets_for(config, all_targets)
+    db = None if no_store else opts.db_path(config)
+    outcome = run_async(verb(config, targets, db, progress))
 
-    async def check_one(target: TargetConfig, store: Any, run_id: int | None
-                        ) -> tuple[CheckReport | None, TargetUnreachable | None]:
-        try:
-            async with make_transport(target) as transport:
-                report = await run_check(transport, config, target, store=store, run_id=run_id, progress=progress)
-        except TargetUnreachable as exc:
-            return None, exc
-        except TransportError as exc:
-            return None, TargetUnreachable(target.name, f"link lost during the check: {exc.reason}")
-        if report.unanswered:
-            return report, TargetUnreachable(target.name, f"podman did not answer: {report.unanswered}")
-        return report, None
-
-    def document(target: TargetConfig, report: CheckReport | None, failure: TargetUnreachable | None) -> dict:
-        if report is not None:
-            out = report.to_json()
-        else:
-            out = {"target": target.name, "verdict": "fail", "findings": [], "probes": [], "containers": []}
+    def document(target: TargetConfig, report: Any, failure: TargetUnreachable | None) -> dict:
+        doc = report.to_json() if report is not None else {
+            "target": target.name, "verdict": "fail", "findings": [], "probes": [], "containers": []}
         if failure is not None:
-            out["error"] = error_json(failure)
-        return out
+            doc["error"] = error_json(failure)
+        return doc
 
-    async def go() -> int:
-        nonlocal printed
-        outcomes: list[tuple[TargetConfig, CheckReport | None, TargetUnreachable | None]] = []
-        store = None
-        run_id = None
-        stored = "error"  # what the run ends with if something escapes below
-        if not no_store:
-            from store import StoreWriter
-
-            store = await StoreWriter.open(db, config.redaction.patterns)
-        try:
-            if store is not None:
-                run_id = await store.start_run("check", [t.name for t in targets],
-                                               json.loads(config.model_dump_json(exclude={"path"})))
-            for target in targets:
-                outcomes.append((target, *await check_one(target, store, run_id)))
-            failures = [failure for _, _, failure in outcomes if failure is not None]
-            passed = not failures and all(report is not None and report.passed for _, report, _ in outcomes)
-            verdict = "pass" if passed else "fail"
-            stored = "unreachable" if failures else verdict
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            stored = "interrupted"
-            raise
-        finally:
-            if store is not None:
-                try:
-                    if run_id is not None:
-                        await asyncio.shield(store.end_run(run_id, stored))
-                finally:
-                    await asyncio.shield(store.close())
-        if opts.json:
-            if len(outcomes) == 1:
-                print_json({**document(*outcomes[0]), "run_id": run_id})
-            else:
-                print_json({"verdict": verdict, "run_id": run_id,
-                            "targets": [document(*outcome) for outcome in outcomes],
-                            **({"error": error_json(failures[0])} if failures else {})})
+    failures = outcome.failures
+    if opts.json:
+        if len(outcome.results) == 1:
+            opts.emit({**document(*outcome.results[0]), "run_id": outcome.run_id})
         else:
-            for _, report, _ in outcomes:
-                if report is not None:
-                    out.print(render_table(report))
-            if len(outcomes) > 1:
-                out.print(f"verdict: [bold {'green' if verdict == 'pass' else 'red'}]{verdict}[/]")
-            if run_id is not None:
-                err.print(f"stored as run {run_id} in {db}", markup=False)
-        printed = True
-        if failures:
-            raise failures[0]
-        return EXIT_OK if verdict == "pass" else EXIT_FAIL
-
-    printed = False  # the JSON document is out: an error after it needs no second one
-    try:
-        return run_async(go())
-    except PodwardenError as exc:
-        if opts.json and not printed:
-            print_json({"verdict": "fail", "error": error_json(exc)})
-        raise
+            opts.emit({"verdict": outcome.verdict, "run_id": outcome.run_id,
+                       "targets": [document(*result) for result in outcome.results],
+                       **({"error": error_json(failures[0])} if failures else {})})
+    else:
+        for _, report, _ in outcome.results:
+            if report is not None:
+                out.print(render.check_report(report))
+        if len(outcome.results) > 1:
+            out.print(Text(f"verdict: {outcome.verdict}", style="bold green" if outcome.verdict == "pass" else "bold red"))
+        if outcome.run_id is not None:
+            err.print(f"stored as run {outcome.run_id} in {db}", markup=False)
+    if failures:
+        raise failures[0]
+    return EXIT_OK if outcome.verdict == "pass" else EXIT_FAIL
 
 
 # ---------------------------------------------------------------- testbed
@@ -373,29 +334,21 @@ def testbed() -> None:
     """The miniature seed stack (node, lightning, indexer, three UIs, a host backend) on podman."""
 
 
-def _testbed_call(opts: Options, action: Callable[[Transport, Config], Awaitable[int]]) -> int:
-    config = opts.load_config()
-    target = opts.target_for(config)
-
-    async def go() -> int:
-        async with make_transport(target) as transport:
-            return await action(transport, config)
-
-    return run_async(go())
+def _show_plan(opts: Options, title: str, planned: list[str]) -> int:
+    if opts.json:
+        opts.emit({"dry_run": True, "steps": planned})
+    else:
+        out.print(render.steps(title, planned))
+    return EXIT_OK
 
 
-def _print_testbed(state: Any, as_json: bool) -> None:
-    if as_json:
-        print_json(state.to_json())
-        return
-    table = Table(title=f"testbed {state.prefix}  faults: {', '.join(state.faults) or 'none'}")
-    for column in ("container", "state", "health", "image"):
-        table.add_column(column)
-    for c in state.containers:
-        table.add_row(c.name, c.state, c.health or "-", c.image)
-    out.print(table)
-    out.print(f"backend: {'up' if state.backend_up else 'down'}"
-              f"{f' (pid {state.backend_pid})' if state.backend_pid else ''}")
+def _show_testbed(opts: Options, state: Any) -> int:
+    if opts.json:
+        opts.emit(state.to_json())
+    else:
+        for part in render.testbed_status(state):
+            out.print(part)
+    return EXIT_OK
 
 
 @testbed.command("up")
@@ -409,15 +362,16 @@ def testbed_up(opts: Options, faults: tuple[str, ...]) -> int:
     Example:
       podwarden testbed up
       podwarden testbed up --fault indexer-lock-permission --fault restart-no
+      podwarden testbed up --dry-run          # the steps, nothing changed
     """
     from agent import testbed as tb
 
-    async def action(transport: Transport, config: Config) -> int:
-        state = await tb.up(transport, config.testbed, faults, progress=progress)
-        _print_testbed(state, opts.json)
-        return EXIT_OK
-
-    return _testbed_call(opts, action)
+    config = opts.load_config()
+    result = run_async(tb.verb_up(opts.target_for(config), config.testbed, faults, dry_run=opts.dry_run,
+                                  progress=progress))
+    if opts.dry_run:
+        return _show_plan(opts, "testbed up would (--dry-run: nothing changed):", result)  # type: ignore[arg-type]
+    return _show_testbed(opts, result)
 
 
 @testbed.command("down")
@@ -428,16 +382,18 @@ def testbed_down(opts: Options) -> int:
     \b
     Example:
       podwarden testbed down
+      podwarden testbed down --dry-run
     """
     from agent import testbed as tb
 
-    async def action(transport: Transport, config: Config) -> int:
-        await tb.down(transport, config.testbed, progress=progress)
-        if opts.json:
-            print_json({"target": transport.name, "down": True})
-        return EXIT_OK
-
-    return _testbed_call(opts, action)
+    config = opts.load_config()
+    target = opts.target_for(config)
+    planned = run_async(tb.verb_down(target, config.testbed, dry_run=opts.dry_run, progress=progress))
+    if opts.dry_run:
+        return _show_plan(opts, "testbed down would (--dry-run: nothing changed):", planned)
+    if opts.json:
+        opts.emit({"target": target.name, "down": True})
+    return EXIT_OK
 
 
 @testbed.command("status")
@@ -451,11 +407,9 @@ def testbed_status(opts: Options) -> int:
     """
     from agent import testbed as tb
 
-    async def action(transport: Transport, config: Config) -> int:
-        _print_testbed(await tb.status(transport, config.testbed), opts.json)
-        return EXIT_OK
-
-    return _testbed_call(opts, action)
+    opts.never_acts("testbed status")
+    config = opts.load_config()
+    return _show_testbed(opts, run_async(tb.verb_status(opts.target_for(config), config.testbed)))
 
 
 @testbed.command("faults")
@@ -470,15 +424,132 @@ def testbed_faults(as_json: bool) -> int:
     from agent import testbed as tb
 
     if as_json:
-        print_json({"faults": [{"name": n, "description": d} for n, d in tb.FAULTS.items()]})
+        sys.stdout.write(json.dumps({"faults": [{"name": n, "description": d} for n, d in tb.FAULTS.items()]},
+                                    indent=2) + "\n")
         return EXIT_OK
-    table = Table(title="testbed faults")
-    table.add_column("fault")
-    table.add_column("what it reproduces")
-    for name, description in tb.FAULTS.items():
-        table.add_row(name, description)
-    out.print(table)
+    out.print(render.testbed_faults(tb.FAULTS))
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- experiment
+
+@cli.group()
+def experiment() -> None:
+    """Resilience experiments (the seed's cycle C3): restart, cascade, service crash, with timed verdicts.
+
+    Each runs inside a watch of the target (recorded like `watch`), refuses to start when
+    the steady state does not hold, and rolls back what it stopped on Ctrl-C or SIGTERM.
+    """
+
+
+def _experiment(opts: Options, kind: str, subjects: list[str], **options: Any) -> int:
+    from agent.experiment import ExperimentInterrupted, run_experiments
+    from agent.stopping import install_stop_signals
+
+    config = options.pop("config")
+    target = opts.target_for(config)
+    db = opts.db_path(config)
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        undo = install_stop_signals(stop)
+        try:
+            return await run_experiments(config, target, db, kind, subjects, dry_run=opts.dry_run, stop=stop,
+                                         progress=progress, **options)
+        finally:
+            undo()
+
+    try:
+        outcome = run_async(go())
+    except ExperimentInterrupted as exc:
+        err.print(Text(f"interrupted while waiting for {exc}: rolled back what the experiment stopped; "
+                       f"stored as an interrupted run in {db}"))
+        if opts.json:
+            opts.emit({"verdict": "interrupted", "error": {"kind": "interrupted", "exit_code": 130,
+                                                           "message": f"interrupted while waiting for {exc}"}})
+        return 130
+    if opts.json:
+        opts.emit(outcome.to_json())
+    else:
+        out.print(render.experiments(outcome))
+        if outcome.run_id is not None:
+            err.print(f"stored as run {outcome.run_id} in {db}", markup=False)
+    return EXIT_OK if outcome.verdict == "pass" else EXIT_FAIL
+
+
+@experiment.command("restart")
+@click.argument("names", nargs=-1, metavar="NAME...")
+@click.option("--all", "all_containers", is_flag=True, help="Every container the config expects up, in dependency order.")
+@click.option("--how", type=click.Choice(["crash", "stop", "kill"]), default="crash", show_default=True,
+              help="crash: SIGKILL the main process from the host (the restart policy applies); "
+                   "stop/kill: through podman (which suppresses the restart policy).")
+@click.option("--deadline", default=None, metavar="DURATION",
+              help="How long it may take to be back (default: the container's restart_deadline, else 30s).")
+@common_options
+def experiment_restart(opts: Options, names: tuple[str, ...], all_containers: bool, how: str,
+                       deadline: str | None) -> int:
+    """Make containers die and prove each comes back within its deadline, probes passing, no new errors.
+
+    \b
+    Example:
+      podwarden experiment restart tb-node
+      podwarden experiment restart --all --how crash --json
+      podwarden experiment restart tb-lightning --how stop     # podman stop: does anything bring it back?
+    Exit 0 pass, 1 fail (or refused: the steady state did not hold), 3 unreachable, 130 interrupted.
+    """
+    from agent.experiment import restart_subjects
+
+    config = opts.load_config()
+    subjects = restart_subjects(config, names, all_containers)
+    return _experiment(opts, "restart", subjects, config=config, how=how,
+                       deadline_s=seconds_of("--deadline", deadline))
+
+
+@experiment.command("cascade")
+@click.argument("upstream", metavar="UPSTREAM")
+@click.option("--hold", default=None, metavar="DURATION", help="How long the upstream stays down (default 60s).")
+@click.option("--recovery", default=None, metavar="DURATION",
+              help="How long everything may take to be back once it returns (default 120s).")
+@common_options
+def experiment_cascade(opts: Options, upstream: str, hold: str | None, recovery: str | None) -> int:
+    """Stop an upstream, hold, start it: every dependent must survive, recover and reconnect.
+
+    A dependent may stay running, turn unhealthy or restart while the upstream is down,
+    but must not end dead for good; afterwards all must be back in their expected
+    state, probes passing, each having logged its `reconnect` pattern (or no new error).
+
+    \b
+    Example:
+      podwarden experiment cascade tb-node
+      podwarden experiment cascade tb-node --hold 10s --recovery 60s --json
+    Exit 0 pass, 1 fail, 3 unreachable, 130 interrupted (the upstream is started again).
+    """
+    config = opts.load_config()
+    if upstream not in config.containers:
+        raise UsageError(f"experiment cascade: {upstream!r} is not in the config's [containers] "
+                         f"({', '.join(config.containers) or 'none'})")
+    return _experiment(opts, "cascade", [upstream], config=config, hold_s=seconds_of("--hold", hold),
+                       recovery_s=seconds_of("--recovery", recovery))
+
+
+@experiment.command("service")
+@click.argument("name", metavar="NAME")
+@click.option("--deadline", default=None, metavar="DURATION",
+              help="How long it may take to be active again (default: the service's restart_deadline).")
+@common_options
+def experiment_service(opts: Options, name: str, deadline: str | None) -> int:
+    """Kill a host service hard (its kill_command): it must be active again, healthy, and no container notice.
+
+    \b
+    Example:
+      podwarden experiment service tb-backend
+    Exit 0 pass, 1 fail, 3 unreachable, 130 interrupted (the service is started again).
+    """
+    config = opts.load_config()
+    if name not in config.services:
+        raise UsageError(f"experiment service: {name!r} is not in the config's [services] "
+                         f"({', '.join(config.services) or 'none'})")
+    return _experiment(opts, "service", [name], config=config, deadline_s=seconds_of("--deadline", deadline))
 
 
 # ---------------------------------------------------------------- demo
@@ -489,7 +560,8 @@ def testbed_faults(as_json: bool) -> int:
 def demo(opts: Options, faults: tuple[str, ...]) -> int:
     """Bring the testbed up on the target, run the baseline check against it, show its status.
 
-    The check's probes and findings are stored in the --db store (default podwarden.db).
+    The check's snapshots, probes, changes and findings are stored in the --db store
+    (default podwarden.db).
 
     \b
     Example:
@@ -497,59 +569,37 @@ def demo(opts: Options, faults: tuple[str, ...]) -> int:
       podwarden demo --fault indexer-lock-permission --fault health-needs-credentials
     Exit 0 (the check's verdict is printed, not returned).
     """
-    from agent import testbed as tb
-    from agent.check import render_table, run_check
-    from agent.status import gather_status
-    from store import StoreWriter
+    from agent.demo import demo as verb
 
+    if opts.dry_run:
+        raise UsageError("--dry-run: rehearse the demo's steps with `podwarden testbed up --dry-run`")
     config = opts.load_config()
-    target = opts.target_for(config)
     db = opts.db_path(config)
-
-    async def go() -> int:
-        store = await StoreWriter.open(db, config.redaction.patterns)
-        try:
-            run_id = await store.start_run("demo", [target.name],
-                                           json.loads(config.model_dump_json(exclude={"path"})))
-            async with make_transport(target) as transport:
-                progress(f"testbed up on {transport.name}" + (f" with faults {', '.join(faults)}" if faults else ""))
-                await tb.up(transport, config.testbed, faults, progress=progress)
-                progress("baseline check")
-                try:
-                    report = await run_check(transport, config, target, store=store, run_id=run_id,
-                                             progress=progress)
-                    node = await gather_status(transport, config, target.podman)
-                except TransportError as exc:
-                    raise TargetUnreachable(target.name, f"link lost: {exc.reason}") from None
-            await store.end_run(run_id, report.verdict)
-        finally:
-            await asyncio.shield(store.close())
-        if opts.json:
-            print_json({"verdict": report.verdict, "run_id": run_id, "db": db,
-                        "check": report.to_json(), "status": node.to_json()})
-        else:
-            out.print(render_table(report))
-            out.print(f"stored as run {run_id} in {db}; next: `podwarden watch` and, in another terminal, "
-                      f"kill a container's main process to see it recover", markup=False)
-        return EXIT_OK
-
-    return run_async(go())
+    outcome = run_async(verb(config, opts.target_for(config), db, faults, progress))
+    if opts.json:
+        opts.emit({"verdict": outcome.report.verdict, "run_id": outcome.run_id, "db": db,
+                   "check": outcome.report.to_json(), "status": outcome.node.to_json()})
+    else:
+        out.print(render.check_report(outcome.report))
+        out.print(Text(f"stored as run {outcome.run_id} in {db}; next: `podwarden watch` and, in another "
+                       "terminal, kill a container's main process to see it recover"))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- entry point
 
-def _report(exc: PodwardenError) -> int:
+def _report(exc: BaseException) -> int:
     # one plain line, never wrapped: scripts and people grep it
-    sys.stderr.write(f"podwarden: error: {exc.message}\n")
-    return exc.exit_code
+    sys.stderr.write(f"podwarden: error: {getattr(exc, 'message', str(exc))}\n")
+    return getattr(exc, "exit_code", EXIT_FAIL)
 
 
-def _first_podwarden_error(group: BaseExceptionGroup) -> PodwardenError | None:
+def _first_failure(group: BaseExceptionGroup) -> BaseException | None:
     for exc in group.exceptions:
-        if isinstance(exc, PodwardenError):
+        if isinstance(exc, Failure):
             return exc
         if isinstance(exc, BaseExceptionGroup):
-            found = _first_podwarden_error(exc)
+            found = _first_failure(exc)
             if found is not None:
                 return found
     return None
@@ -567,11 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         err.print("aborted")
         return 130
-    except PodwardenError as exc:
+    except Failure as exc:
         return _report(exc)
     except BaseExceptionGroup as group:
         # a failure inside a task group (a watcher, the store) arrives wrapped
-        leaf = _first_podwarden_error(group)
+        leaf = _first_failure(group)
         if leaf is None:
             raise
         return _report(leaf)

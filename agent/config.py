@@ -23,9 +23,9 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError, UsageError
+from agent.names import CONTAINER_NAME_RE
 from store.redact import DEFAULT_PATTERNS as DEFAULT_REDACTION_PATTERNS
 
-CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -283,8 +283,13 @@ class ContainerConfig(_Strict):
     policies: dict[str, bool] = Field(default_factory=dict)
     restart_policies: list[str] | None = None
     healthcheck_interval: Annotated[Duration, Field(gt=0)] | None = None
+    # experiments: how long it may take to be back after a crash (default [experiments]),
+    # and the log line that shows it reconnected to its upstream after a cascade
+    restart_deadline: Annotated[Duration, Field(gt=0)] | None = None
+    reconnect: str | None = None
 
     _regexes = field_validator("log_errors", "log_ignore")(validate_regexes)
+    _reconnect = field_validator("reconnect")(validate_regex)
     _restart_policies = field_validator("restart_policies")(validate_restart_policies)
 
     @field_validator("policies")
@@ -333,6 +338,17 @@ class SoakConfig(_Strict):
     """The zero-drift soak window."""
 
     duration: Duration = 300.0
+
+
+class ExperimentsConfig(_Strict):
+    """Deadlines of the resilience experiments (the seed's cycle C3)."""
+
+    restart_deadline: Annotated[Duration, Field(gt=0)] = 30.0  # back in its expected state after a crash
+    death_deadline: Annotated[Duration, Field(gt=0)] = 15.0  # the death an action causes is seen
+    cascade_hold: Annotated[Duration, Field(gt=0)] = 60.0  # the upstream stays down this long
+    cascade_recovery: Annotated[Duration, Field(gt=0)] = 120.0  # then everything is back within this
+    # cascade: quiet after recovery in which a dependent without a `reconnect` pattern may log no new error
+    settle: Annotated[Duration, Field(ge=0)] = 3.0
 
 
 class HookConfig(_Strict):
@@ -490,6 +506,7 @@ class Config(_Strict):
     machine: MachineConfig = Field(default_factory=MachineConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     soak: SoakConfig = Field(default_factory=SoakConfig)
+    experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     hooks: list[HookConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)

@@ -1,4 +1,4 @@
-"""One-shot status of a node: every expected and present container, and the host services."""
+"""What every verb asks of a node: its containers (ps + inspect), podman itself, the host services."""
 
 from __future__ import annotations
 

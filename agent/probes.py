@@ -528,12 +528,21 @@ async def _logs(transport: Transport, podman_cmd: Sequence[str], name: str, prob
     if not read.ok:
         raise _Failed(read.detail)
     window = f"the last {format_duration(probe.since)}" if since_ns else f"the last {len(read.lines)} lines"
-    found = error_lines(read.lines, error_patterns, ignore_patterns)
+    lines = read.lines
+    # past is not present: a running container is judged by its current run's lines only
+    # (conmon may stamp a run's first line ~1 ms before StartedAt, measured)
+    facts = await _inspect_one(transport, podman_cmd, name)
+    if facts is not None and facts.running and facts.started_at_ns:
+        current = tuple(r.text for r in read.records if r.at_ns >= facts.started_at_ns - 10_000_000)
+        if len(current) < len(lines):
+            lines = current
+            window += f" (of them {len(current)} since it started at {podman.format_time_ns(facts.started_at_ns)[11:19]})"
+    found = error_lines(lines, error_patterns, ignore_patterns)
     if found:
         shown = "\n".join(found[:ERROR_LINES_SHOWN])
         raise _Failed(f"{len(found)} error line{'s' if len(found) != 1 else ''} in {window}: {found[0][:200]}",
                       shown)
-    return f"no error lines in {window}", read.lines
+    return f"no error lines in {window}", tuple(lines)
 
 
 # ---------------------------------------------------------------- expectations

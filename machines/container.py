@@ -136,7 +136,7 @@ class ContainerMachine:
     __slots__ = (
         "target", "container", "settings", "container_id", "since_ns", "restarts", "crashes", "last_error",
         "last_death", "last_death_ns", "deaths", "_router", "_model", "_changes", "_last_error_ns",
-        "_starts", "_ends", "_marks", "_ooms", "_history", "_loop_since_ns", "_errors", "_latest_ns",
+        "_starts", "_ends", "_marks", "_ooms", "_crash_marks", "_kernel_clear", "_history", "_loop_since_ns", "_errors", "_latest_ns",
         "_created_ns", "_paused", "_started_at", "_memory", "_has_check", "_retries",
         "_start_period_ns", "_health", "_streak", "_health_from_runs", "_last_check_ns", "_prev_snapshot",
     )
@@ -166,6 +166,8 @@ class ContainerMachine:
         self._ends: list[_Death] = []  # deaths, sorted by stamp
         self._marks: list[tuple[int, str]] = []  # (at_ns, what) not yet paired with a death
         self._ooms: list[tuple[int, str]] = []  # (at_ns, kernel line) not yet paired
+        self._crash_marks: list[tuple[int, str]] = []  # (at_ns, detail) of podwarden's own crash actions
+        self._kernel_clear: list[int] = []  # times the kernel log was read and held no OOM kill of it
         self._history: list[int] = []  # counted death stamps since the last settle, sorted
         self._loop_since_ns: int | None = None  # the death that entered the current crash loop
         self.deaths.clear()
@@ -231,12 +233,29 @@ class ContainerMachine:
     def _on_probe(self, obs: ProbeObs) -> None:
         if obs.probe_type == "podman-healthcheck":
             self._on_healthcheck_run(obs)
-        elif obs.probe_type == "kernel-log" and obs.probe == "oom-kill" and not obs.ok:
-            self._on_oom_kill(obs)
+        elif obs.probe_type == "kernel-log" and obs.probe == "oom-kill":
+            if not obs.ok:
+                self._on_oom_kill(obs)
+            else:
+                self._kernel_clear = [*self._kernel_clear[-(_KEEP_OOMS - 1):], obs.at_ns]
+                self._reexplain_near(obs.at_ns)
 
     def _on_action(self, obs: ActionObs) -> None:
-        if obs.action in USER_STOP_ACTIONS and not obs.dry_run:
+        if obs.dry_run:
+            return
+        if obs.action in USER_STOP_ACTIONS:
             self._on_mark(obs.at_ns, obs.action, obs)
+        elif obs.action == CRASH_ACTION:
+            # our own SIGKILL of the main process: a crash for the policy, but no failure of the container
+            self._crash_marks = [*self._crash_marks[-(_KEEP_MARKS - 1):], (obs.at_ns, obs.detail or obs.action)]
+            self._reexplain_near(obs.at_ns)
+
+    def _reexplain_near(self, at_ns: int) -> None:
+        """News about deaths near at_ns (a kernel verdict, our crash action) arriving after them."""
+        window = self.settings.oom_window_ns
+        for death in self._ends[-_KEEP_OOMS:]:
+            if abs(death.at_ns - at_ns) <= window:
+                self._explain(death)
 
     # ------------------------------------------------------------ the one state change
 
@@ -640,10 +659,15 @@ class ContainerMachine:
 
     def _explain(self, death: _Death) -> None:
         """Give a death its reason; the newest death's is the machine's `last_death`."""
+        s = self.settings
+        crashed_by = next((detail for ns, detail in reversed(self._crash_marks)
+                           if 0 <= death.at_ns - ns <= s.kill_window_ns and not self._start_in(ns, death.at_ns)), None)
+        clear = any(abs(death.at_ns - ns) <= s.oom_window_ns for ns in self._kernel_clear)
         death.reason = death_reason(
             death.exit_code, user_action=death.by, user_evidence=death.by_evidence, oom_evidence=death.oom,
             oom_killed=death.oom_killed, memory=self._memory,
-            first_error=None if death.by else self._first_error(death.at_ns))
+            first_error=None if death.by else self._first_error(death.at_ns), crashed_by=crashed_by,
+            kernel_clear=clear)
         if death is self._ends[-1]:
             self.last_death, self.last_death_ns = death.reason, death.at_ns
 
@@ -952,6 +976,8 @@ class ContainerMachine:
 _STOPPED_BY_USER = "podman inspect: State.StoppedByUser=true"
 # podwarden's own actions that stop a container: the next died is the user's, not a crash.
 USER_STOP_ACTIONS = frozenset({"podman stop", "podman kill"})
+# podwarden's crash experiment: SIGKILL of the main process from the host (not a user stop)
+CRASH_ACTION = "crash"
 RESTARTING_POLICIES = frozenset({"always", "unless-stopped"})
 
 

@@ -74,7 +74,8 @@ def _mib(memory: int) -> str:
 
 def death_reason(exit_code: int | None, *, user_action: str | None = None, oom_evidence: str | None = None,
                  oom_killed: bool = False, memory: int = 0, first_error: str | None = None,
-                 user_evidence: str | None = None) -> DeathReason:
+                 user_evidence: str | None = None, crashed_by: str | None = None,
+                 kernel_clear: bool = False) -> DeathReason:
     """Why a container died, from what is known about the death.
 
     `user_action`: what stopped it on purpose, if anything ("podman stop" / "podman kill"
@@ -84,9 +85,15 @@ def death_reason(exit_code: int | None, *, user_action: str | None = None, oom_e
     `oom_killed`: podman's own flag (5.x sets it; 4.3 does not). `memory`: the container's
     limit in bytes (0: none). `first_error`: the first error line the container printed
     in the run that died. A None `exit_code` means podman did not say (a death seen only
-    through a snapshot's RestartCount).
+    through a snapshot's RestartCount). `crashed_by`: podwarden's own crash experiment
+    (a SIGKILL of the main process from the host: a crash for the restart policy, but
+    no failure of the container). `kernel_clear`: the kernel log was read and names no
+    OOM kill of this container, so a SIGKILL came from outside, not from the OOM killer.
     """
     code = "?" if exit_code is None else str(exit_code)
+    if crashed_by and not user_action:
+        return DeathReason("experiment", f"SIGKILL of the main process by podwarden's crash experiment, exit {code}",
+                           (crashed_by,))
     if user_action:
         action = user_action.strip()
         if action.startswith("podman ") or action.startswith("podwarden"):
@@ -104,6 +111,10 @@ def death_reason(exit_code: int | None, *, user_action: str | None = None, oom_e
         limit = f" (memory limit {_mib(memory)})" if memory else ""
         return DeathReason("oom-kill", f"killed by the kernel's OOM killer{limit}, exit {code}",
                            ("podman inspect: State.OOMKilled=true",))
+    if exit_code == 137 and kernel_clear:
+        return DeathReason("signal", "killed by SIGKILL (exit 137) from outside the container; the kernel log "
+                           "shows no OOM kill of it",
+                           ("exit 137 = 128 + SIGKILL", "no oom-kill of this container in the kernel log"))
     if exit_code == 137 and memory:
         return DeathReason(
             "oom-likely",

@@ -1,22 +1,26 @@
 """Store errors: one small class per cause, each naming the file and what to do.
 
-They join podwarden's one hierarchy (agent/errors.py, a module with no imports) so the
-CLI edge turns them into messages and exit codes like any other error; sqlite3's own
-exceptions never leave store/.
+store/ knows nothing of the agent above it: these are plain exceptions with a `message`
+and an `exit_code` (1), which the CLI edge turns into a message and an exit code like
+podwarden's own errors (agent/errors.py). sqlite3's own exceptions never leave store/.
 """
 
 from __future__ import annotations
 
-from agent.errors import PodwardenError
 
-
-class StoreError(PodwardenError):
+class StoreError(Exception):
     """Something went wrong with the store file: names the file and the cause."""
 
+    exit_code = 1
+
     def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"store {path}: {problem}")
+        self.message = f"store {path}: {problem}"
+        super().__init__(self.message)
         self.path = str(path)
         self.problem = problem
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class NoStore(StoreError):

@@ -25,9 +25,9 @@ from tests.waiting import wait_for
 
 from agent import testbed
 from agent.check import run_check
+from agent.recording import recording
 from agent.config import TargetConfig, TestbedConfig, config_from_dict
 from agent.transport import LocalTransport, make_transport
-from store.writer import StoreWriter
 
 pytestmark = pytest.mark.e2e
 
@@ -78,12 +78,10 @@ def up_and_check(target: TargetConfig, faults: list[str], *, before_check=None, 
                 await asyncio.to_thread(before_check)
             if db is None:
                 return await run_check(transport, cfg, target, progress=messages.append), None
-            async with StoreWriter.open(db, cfg.redaction.patterns) as store:
-                run_id = await store.start_run("check", [transport.name], {})
-                report = await run_check(transport, cfg, target, store=store, run_id=run_id,
-                                         progress=messages.append)
-                await store.end_run(run_id, report.verdict)
-                return report, run_id
+            async with recording(cfg, "check", [transport.name], str(db)) as rec:
+                report = await run_check(transport, cfg, target, rec=rec, progress=messages.append)
+                rec.verdict = report.verdict
+                return report, rec.run_id
 
     started = time.monotonic()
     report, run_id = asyncio.run(go())

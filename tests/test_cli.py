@@ -124,3 +124,39 @@ def test_malformed_known_hosts_exits_3(sshd, tmp_path):
     code, stderr = _status_exit(["--target", f"ssh://root@127.0.0.1:{sshd.port}", "--identity",
                                  str(sshd.identity), "--known-hosts", str(bad)])
     assert code == 3 and "cannot read known_hosts" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("verb", [["status"], ["watch", "--for", "1s"], ["check"], ["testbed", "status"], ["demo"]])
+def test_verbs_that_never_act_refuse_dry_run(verb, tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    assert main([*verb, "--dry-run", "--config", str(config), "--db", str(tmp_path / "pw.db")]) == 2
+    message = capsys.readouterr().err
+    assert "--dry-run" in message and "Traceback" not in message
+    assert not (tmp_path / "pw.db").exists(), "a refused verb must not even open the store"
+
+
+@pytest.mark.e2e
+def test_testbed_dry_run_prints_the_steps_and_changes_nothing(tmp_path):
+    from tests.conftest import require_e2e
+
+    require_e2e()
+    config = tmp_path / "c.toml"
+    config.write_text('[testbed]\nprefix = "tbq-"\nport_base = 25330\nhome = "%s"\n' % (tmp_path / "home"))
+    before = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "testbed", "up", "--dry-run", "--json",
+                           "--fault", "restart-no", "--config", str(config), "--target", "local"],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    steps = document["steps"]
+    assert document["dry_run"] is True
+    runs = [step for step in steps if " run -d --name tbq-" in step]
+    assert len(runs) == 6 and any("--restart no" in step for step in runs), steps
+    after = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
+    assert not [n for n in after.stdout.split() if n.startswith("tbq-")]
+    assert before.stdout == after.stdout
+    assert not (tmp_path / "home").exists(), "the dry run wrote testbed files"
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "testbed", "down", "--dry-run", "--config", str(config),
+                           "--target", "local"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "rm --force" in proc.stdout, proc.stdout + proc.stderr

@@ -5,49 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from agent.testbed import example_config
-from tests.sshd import ROOTLESS_USER, SshServer
+from tests.agent_process import Node, podwarden
+from tests.sshd import ROOTLESS_USER
 
 pytestmark = pytest.mark.e2e
 
 STACK = ["node", "lightning", "indexer", "node-ui", "lightning-ui", "indexer-ui"]
-
-
-def podwarden(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-class Node:
-    """The CLI pointed at one user on the test sshd, with its own testbed prefix and ports."""
-
-    def __init__(self, sshd: SshServer, user: str, prefix: str, port_base: int, tmp: Path) -> None:
-        self.prefix = prefix
-        self.config = tmp / f"{prefix}config.toml"
-        self.config.write_text(example_config(prefix=prefix, port_base=port_base))
-        self.target = ["--config", str(self.config), "--target", sshd.url(user),
-                       "--identity", str(sshd.identity), "--known-hosts", str(sshd.known_hosts)]
-
-    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        result = podwarden([*args, *self.target], timeout)
-        return result
-
-    def ok(self, *args: str, timeout: float = 180) -> str:
-        result = self.run(*args, timeout=timeout)
-        assert result.returncode == 0, f"podwarden {' '.join(args)}: {result.returncode}\n{result.stderr}"
-        return result.stdout
-
-    def status(self) -> dict:
-        return json.loads(self.ok("status", "--json"))
-
-    def containers(self) -> dict[str, dict]:
-        return {c["name"]: c for c in self.status()["containers"]}
 
 
 @pytest.fixture(scope="module")
@@ -132,26 +100,22 @@ def test_watch_sees_the_crash_loop(root_node, tmp_path):
 
 
 def test_stored_changes_are_a_pure_function_of_stored_observations(root_node, tmp_path):
-    """DESIGN's one invariant: replaying the store into fresh machines gives the stored changes."""
-    from agent.config import load_config
-    from agent.session import machine_settings
-    from machines.container import Fleet
+    """The one invariant, per run kind: replaying a stored run into fresh machines gives its stored changes."""
+    from agent.replay import first_difference, replay_run
     from store import StoreReader
 
     root_node.ok("testbed", "up", "--fault", "indexer-lock-permission")
     db = tmp_path / "replay.db"
     root_node.ok("watch", "--for", "10s", "--json", "--db", str(db), timeout=120)
-    fleet = Fleet(machine_settings(load_config(root_node.config)))
-    replayed = []
+    checked = root_node.run("check", "--json", "--db", str(db), timeout=180)
+    assert checked.returncode == 1, checked.stderr  # the fault fails the check
     with StoreReader(db) as reader:
-        # the live path fed observations in arrival order, which is id order
-        for record in sorted(reader.observation_records(), key=lambda r: r.id):
-            replayed.extend((record.id, c) for c in fleet.feed(record.obs))
-        stored = list(reader.changes())
-    assert len(stored) > 5
-    assert [(c.observation_id, c.container, c.at_ns, str(c.from_state), str(c.to_state), c.cause)
-            for c in stored] == [(i, c.container, c.at_ns, str(c.from_state), str(c.to_state), c.cause)
-                                 for i, c in replayed]
+        runs = {run.command: run.id for run in reader.runs()}
+        assert set(runs) == {"watch", "check"}
+        for command, run_id in runs.items():
+            replayed, stored = replay_run(reader, run_id)
+            assert len(stored) > (5 if command == "watch" else 3), (command, stored)
+            assert first_difference(replayed, stored) is None, command
 
 
 def test_watch_several_targets_at_once(sshd, root_node, tmp_path):

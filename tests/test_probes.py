@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, strategies as st
 from rich.console import Console
 
-from agent.check import MAX_CONCURRENT, render_table, run_check
+from agent.check import MAX_CONCURRENT, run_check
+from agent.render import check_report as render_table
 from agent.config import (
     ExecProbe,
     HealthcheckProbe,

@@ -1,0 +1,82 @@
+"""The one way in: every observation any verb makes is redacted once, stored, then fed to
+the machines, and the changes they make are stored and passed on.
+
+Because the store receives exactly what the machines were fed, in the same order,
+everything podwarden concludes is a pure function of the stored observations: replaying
+a run (agent/replay.py) gives back its stored changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from machines.container import Fleet, StateChange
+from machines.observations import AgentObs, Observation
+
+ChangeCallback = Callable[[StateChange], None]
+ObsCallback = Callable[[Observation], None]
+# A flood may queue this many rows before a producer waits for the store.
+BACKPRESSURE_ROWS = 20_000
+# Redaction time-outs reported as agent records at most this many times a run, then every 1000th.
+TIMEOUT_REPORTS = 10
+
+
+@dataclass
+class Sink:
+    """Where observations go: redaction (once), the store (if any), the machines, callbacks.
+
+    Text is redacted here, before anything sees it (the store, the machines, the
+    dashboard), and exactly once: a pattern that is not idempotent would otherwise make
+    the stored text differ from what the machines saw.
+    """
+
+    fleet: Fleet
+    store: object | None = None  # store.StoreWriter
+    run_id: int | None = None
+    on_change: list[ChangeCallback] = field(default_factory=list)
+    on_observation: list[ObsCallback] = field(default_factory=list)
+    redactor: object | None = None  # store.Redactor; defaults to the store's
+    changes: list[StateChange] = field(default_factory=list)  # every change made, in order
+    _timeouts_seen: int = 0
+
+    def __post_init__(self) -> None:
+        if self.redactor is None and self.store is not None:
+            self.redactor = self.store.redactor  # type: ignore[attr-defined]
+
+    async def backpressure(self) -> None:
+        """Wait for the store when a flood has queued more than it should hold in memory."""
+        if self.store is not None and self.store.pending > BACKPRESSURE_ROWS:  # type: ignore[attr-defined]
+            await self.store.flush()  # type: ignore[attr-defined]
+
+    def put(self, obs: Observation) -> list[StateChange]:
+        """Redact, record one observation, feed it to the machines, and pass on the changes."""
+        if self.redactor:
+            obs = self.redactor.observation(obs)  # type: ignore[attr-defined]
+            self._report_timeouts(obs)
+        obs_id = (self.store.add(obs, self.run_id, redacted=True)  # type: ignore[attr-defined]
+                  if self.store is not None else None)
+        changes = self.fleet.feed(obs)
+        for change in changes:
+            self.changes.append(change)
+            if self.store is not None:
+                self.store.add_change(change, obs_id, self.run_id)  # type: ignore[attr-defined]
+            for callback in self.on_change:
+                callback(change)
+        for callback in self.on_observation:
+            callback(obs)
+        return changes
+
+    def _report_timeouts(self, obs: Observation) -> None:
+        """A user's redaction pattern that ran out of time on a line: the line was stored as
+        `[REDACTED: redaction timed out]`; say which pattern, so the user can fix it."""
+        count = getattr(self.redactor, "timeouts", 0)
+        if count <= self._timeouts_seen or isinstance(obs, AgentObs):
+            return
+        self._timeouts_seen = count
+        if count <= TIMEOUT_REPORTS or count % 1000 == 0:
+            slow = getattr(self.redactor, "timeouts_by_pattern", {}) or {}
+            worst = max(slow, key=slow.get) if slow else "?"
+            self.put(AgentObs(obs.target, "", obs.at_ns, "redaction-timed-out",
+                              f"{count} text(s) so far ran past the redaction time budget and were stored "
+                              f"fully redacted; slowest pattern: {worst!r} (last in {obs.container or 'the target'})"))
