@@ -81,7 +81,7 @@ class Options:
         """Refuse --dry-run on a verb that changes nothing on the node (exit 2)."""
         if self.dry_run:
             raise UsageError(f"--dry-run: `{verb}` never changes the node, so there is nothing to rehearse; "
-                             "drop --dry-run (it applies to testbed, experiment and hooks)")
+                             "drop --dry-run (it applies to testbed, experiment, and the hooks of watch and soak)")
 
     def emit(self, document: Any) -> None:
         """The verb's one JSON document on stdout."""
@@ -216,11 +216,14 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
 
     Every observation goes to the SQLite store; a dropped link is reconnected and
     backfilled with `podman events --since`, so nothing is lost and nothing is doubled.
+    Remediation hooks act as configured (the built-in one starts again a container left
+    stopped); with --dry-run they only record what they would have done.
 
     \b
     Example:
       podwarden watch --for 8h
       podwarden watch --target ssh://bitcoin@127.0.0.1:2222 --json | jq .
+      podwarden watch --dry-run            # hooks record what they would do, and do nothing
     """
     from agent import watch as verb
     from agent.dashboard import render as frame
@@ -228,7 +231,6 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
     from agent.stopping import install_stop_signals
     from machines.observations import AgentObs
 
-    opts.never_acts("watch")
     config = opts.load_config()
     seconds = seconds_of("--for", duration)
     targets = opts.targets_for(config, all_targets)
@@ -246,26 +248,31 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
         try:
             async with recording(config, "watch", [t.name for t in targets], db) as rec:
                 watchers = await verb.watchers_for(rec, targets)
+                window = verb.Window(rec, watchers, dry_run=opts.dry_run,
+                                     progress=None if opts.json else progress)
                 if opts.json:
                     rec.sink.on_change.append(lambda change: line(render.change_line(change)))
                     rec.sink.on_observation.append(
                         lambda obs: line(render.agent_line(obs)) if isinstance(obs, AgentObs) else None)
                 else:
-                    err.print(f"recording run {rec.run_id} into {db}", markup=False)
+                    err.print(f"recording run {rec.run_id} into {db}" + (" (hooks: dry run)" if opts.dry_run else ""),
+                              markup=False)
                 if opts.json or no_dashboard:
-                    await verb.watch(rec, watchers, stop, seconds)
+                    await verb.watch(rec, watchers, stop, seconds, window=window)
                 else:
                     def draw() -> Any:
                         return frame(rec.fleet, [w.view for w in watchers], rec.started_ns,
-                                     len(rec.sink.changes), expected=expected)
+                                     len(rec.sink.changes), expected=expected, drifts=len(window.detector.drifts))
 
                     with Live(draw(), console=out, refresh_per_second=2, transient=False) as live:
-                        await verb.watch(rec, watchers, stop, seconds, on_tick=lambda: live.update(draw()))
+                        await verb.watch(rec, watchers, stop, seconds, window=window,
+                                         on_tick=lambda: live.update(draw()))
                 count = len(rec.sink.changes)
+                drifts = len(window.detector.drifts)
         finally:
             undo()
         if not opts.json:
-            err.print(f"stopped: {count} state changes stored in {db}", markup=False)
+            err.print(f"stopped: {count} state changes, {drifts} drift(s) stored in {db}", markup=False)
         return EXIT_OK
 
     return run_async(go())
@@ -550,6 +557,55 @@ def experiment_service(opts: Options, name: str, deadline: str | None) -> int:
         raise UsageError(f"experiment service: {name!r} is not in the config's [services] "
                          f"({', '.join(config.services) or 'none'})")
     return _experiment(opts, "service", [name], config=config, deadline_s=seconds_of("--deadline", deadline))
+
+
+# ---------------------------------------------------------------- soak
+
+@cli.command()
+@click.option("--for", "duration", default=None, metavar="DURATION",
+              help="How long the window lasts once every target is watched (default [soak] duration: 5m).")
+@click.option("--all-targets", is_flag=True, help="Soak every target in the config at once.")
+@common_options
+def soak(opts: Options, duration: str | None, all_targets: bool) -> int:
+    """Hold a window and prove zero drift (the seed's C5), or list exactly what drifted and why.
+
+    Watches as `watch` does (hooks included), re-runs every probe each [soak]
+    probe_interval, shows a countdown and the drift so far, and ends PASS or FAIL; each
+    drift names the container, its kind, podman's time and the reason.
+
+    \b
+    Example:
+      podwarden soak --for 5m
+      podwarden soak --for 60s --json | jq '.drifts[] | {container, kind, reason}'
+    Exit 0 pass, 1 drift, 3 unreachable, 130 interrupted.
+    """
+    from agent.soak import soak as verb
+    from agent.stopping import install_stop_signals
+
+    config = opts.load_config()
+    seconds = seconds_of("--for", duration) or config.soak.duration
+    targets = opts.targets_for(config, all_targets)
+    db = opts.db_path(config)
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        undo = install_stop_signals(stop)
+        try:
+            return await verb(config, targets, db, seconds, dry_run=opts.dry_run, stop=stop, progress=progress), \
+                stop.is_set()
+        finally:
+            undo()
+
+    outcome, interrupted = run_async(go())
+    if opts.json:
+        opts.emit({**outcome.to_json(), **({"verdict": "interrupted"} if interrupted else {})})
+    else:
+        out.print(render.soak(outcome))
+        if outcome.run_id is not None:
+            err.print(f"stored as run {outcome.run_id} in {db}", markup=False)
+    if interrupted:
+        return 130
+    return EXIT_OK if outcome.verdict == "pass" else EXIT_FAIL
 
 
 # ---------------------------------------------------------------- demo

@@ -337,7 +337,10 @@ class WatchConfig(_Strict):
 class SoakConfig(_Strict):
     """The zero-drift soak window."""
 
-    duration: Duration = 300.0
+    duration: Annotated[Duration, Field(gt=0)] = 300.0
+    probe_interval: Annotated[Duration, Field(gt=0)] = 30.0  # every probe again this often
+    link_lost_max: Annotated[Duration, Field(gt=0)] = 30.0  # a longer link loss is drift
+    max_per_kind: int = Field(default=20, ge=1)  # drifts listed per container and kind; more are counted
 
 
 class ExperimentsConfig(_Strict):
@@ -351,15 +354,107 @@ class ExperimentsConfig(_Strict):
     settle: Annotated[Duration, Field(ge=0)] = 3.0
 
 
-class HookConfig(_Strict):
-    """A remediation hook: when a container enters one of `when`, do `action` or run `command`."""
+class HookWhen(_Strict):
+    """What fires a hook: a state entered and held, a drift kind, or a finding rule (any one)."""
 
-    name: str
-    when: list[str] = Field(min_length=1)
-    containers: list[str] = Field(default_factory=list)
-    action: Literal["start", "restart", "command"] = "start"
-    command: list[str] | None = None
-    cooldown: Duration = 60.0
+    state: list[str] = Field(default_factory=list)  # e.g. ["stopped", "exited"]
+    held: Annotated[Duration, Field(ge=0)] = 5.0  # the state must last this long first
+    drift: list[str] = Field(default_factory=list)  # e.g. ["state", "error"]
+    finding: list[str] = Field(default_factory=list)  # rule names, e.g. ["crash-loop"]
+
+    @field_validator("state")
+    @classmethod
+    def _states(cls, value: list[str]) -> list[str]:
+        known = ("missing", "created", "starting", "running", "healthy", "unhealthy", "stopped", "exited",
+                 "restarting", "crashlooping", "paused", "removed")
+        for state in value:
+            if state not in known:
+                raise ValueError(f"unknown state {state!r}: use {', '.join(known)}")
+        return value
+
+    @field_validator("drift")
+    @classmethod
+    def _drift_kinds(cls, value: list[str]) -> list[str]:
+        from machines.drift import DriftKind  # machines/ is below config: no cycle
+
+        known = [kind.value for kind in DriftKind]
+        for kind in value:
+            if kind not in known:
+                raise ValueError(f"unknown drift kind {kind!r}: use {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> "HookWhen":
+        if not (self.state or self.drift or self.finding):
+            raise ValueError("a hook's `when` needs state, drift or finding")
+        return self
+
+
+class HookConfig(_Strict):
+    """A remediation hook: `when` something happens to the named containers (or roles), `do` an action.
+
+    Guards: at most `max_actions` firings per container within `window`, `backoff_initial`
+    doubling to `backoff_max` between attempts (reset after `stable` with the container
+    back where it should be), and after `give_up_after` attempts that did not last, the hook
+    gives up on that container with a finding.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    when: HookWhen
+    containers: list[ContainerName] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    do: Literal["start", "restart", "healthcheck", "exec", "local", "webhook"] = "start"
+    command: list[str] | None = None  # exec: argv on the node; local: argv on this machine ({container}, {target})
+    url: str | None = None  # webhook: POST the event as JSON here
+    timeout: Annotated[Duration, Field(gt=0)] = 30.0
+    max_actions: int = Field(default=5, ge=1)
+    window: Annotated[Duration, Field(gt=0)] = 3600.0
+    backoff_initial: Annotated[Duration, Field(gt=0)] = 10.0
+    backoff_max: Annotated[Duration, Field(gt=0)] = 300.0
+    stable: Annotated[Duration, Field(gt=0)] = 600.0
+    give_up_after: int = Field(default=5, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_spelling(cls, data: Any) -> Any:
+        # `when = ["stopped"]` and `action = "start"` (the first spelling of this table) still read
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("when"), list):
+                data["when"] = {"state": data["when"]}
+            if "action" in data and "do" not in data:
+                action = data.pop("action")
+                data["do"] = "exec" if action == "command" else action
+            if "cooldown" in data:
+                cooldown = data.pop("cooldown")
+                data.setdefault("backoff_initial", cooldown)
+        return data
+
+    @model_validator(mode="after")
+    def _needs(self) -> "HookConfig":
+        if self.do in ("exec", "local") and not self.command:
+            raise ValueError(f"do = \"{self.do}\" needs `command` (an argv list)")
+        if self.do == "webhook":
+            parts = urlsplit(self.url or "")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("do = \"webhook\" needs `url` = \"http://HOST:PORT/PATH\" (or https)")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must not be less than backoff_initial")
+        return self
+
+
+class RemediationConfig(_Strict):
+    """The built-in hook: start again a container left stopped (the seed's reconcile script).
+
+    Rootless podman does not restart a container stopped through podman, whatever its
+    policy (StoppedByUser). On by default for expected-up containers whose restart policy
+    is always or unless-stopped; `--dry-run` records what it would do.
+    """
+
+    start_stopped: bool = True
+    start_stopped_after: Annotated[Duration, Field(ge=0)] = 5.0
+    max_actions: int = Field(default=5, ge=1)
+    give_up_after: int = Field(default=5, ge=1)
 
 
 class RuleMatchConfig(_Strict):
@@ -508,6 +603,7 @@ class Config(_Strict):
     soak: SoakConfig = Field(default_factory=SoakConfig)
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     hooks: list[HookConfig] = Field(default_factory=list)
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig)
     rules: list[RuleConfig] = Field(default_factory=list)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     testbed: TestbedConfig = Field(default_factory=TestbedConfig)
@@ -537,6 +633,12 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
+        for index, hook in enumerate(self.hooks):
+            # hooks act only on configured containers
+            unknown = [name for name in hook.containers if name not in self.containers]
+            if unknown:
+                raise ValueError(f"hooks[{index}] ({hook.name}).containers names {', '.join(map(repr, unknown))}, "
+                                 "not a configured container: hooks act only on containers in [containers]")
         for name, container in self.containers.items():
             for dep in container.depends_on:
                 if dep not in self.containers:

@@ -40,7 +40,7 @@ import anyio
 from agent import podman
 from agent.check import plan_probes
 from agent.config import Config, ServiceConfig, TargetConfig, format_duration
-from agent.errors import PodwardenError, TargetUnreachable, TransportError, UsageError
+from agent.errors import TargetUnreachable, TransportError, UsageError
 from agent.probes import execute_probe, probe_name
 from agent.recent_logs import read_logs
 from agent.recording import Recording, recording
@@ -52,6 +52,7 @@ from machines.deaths import DeathReason
 from machines.drift import error_key
 from machines.observations import ActionObs, LogObs, Observation
 from machines.states import State
+from store.errors import StoreError
 
 HOWS = ("crash", "stop", "kill")
 _S = 1_000_000_000
@@ -166,6 +167,7 @@ class Lab:
         self.logs: list[LogObs] = []  # every log line seen, bounded per experiment
         self.actions: list[ActionObs] = []  # every action recorded (ours, and a hook's)
         self.observed_from_ns = 0
+        self.transport_opened = transport  # the link `lab()` opened (and closes)
 
     def _observed(self, obs: Observation) -> None:
         if isinstance(obs, LogObs) and obs.at_ns >= self.observed_from_ns and len(self.logs) < 100_000:
@@ -187,7 +189,10 @@ class Lab:
 
     def record(self, container: str, action: str, detail: str, ok: bool = True) -> None:
         """An action observation: what podwarden does (or, dry-run, would do), when."""
-        self.rec.sink.put(ActionObs(self.name, container, self.now_ns(), action, detail, self.dry_run, ok))
+        try:
+            self.rec.sink.put(ActionObs(self.name, container, self.now_ns(), action, detail, self.dry_run, ok))
+        except StoreError as exc:  # the action itself must still happen (a roll-back above all)
+            self.progress(f"could not record {action}: {exc}")
 
     async def act(self, container: str, action: str, argv: list[str], why: str) -> RunResult | None:
         """Record then run one command on the node; None with --dry-run (nothing runs)."""
@@ -356,27 +361,51 @@ async def lab(rec: Recording, target: TargetConfig, stop: asyncio.Event, progres
 
 
 async def _roll_back(room: Lab) -> None:
-    """Start again whatever the experiment stopped or killed and did not bring back."""
-    if room.dry_run:
+    """Start again whatever the experiment stopped, crashed or killed and did not bring back.
+
+    Runs on a link of its own when the experiment's dropped (a lost link is one way an
+    experiment ends early), tries a few times, and never lets one failed step (or a
+    store that cannot record it) keep the others from running.
+    """
+    if room.dry_run or not (room.stopped or room.killed_services):
         return
-    for container in list(room.stopped):
-        room.progress(f"rolling back: podman start {container}")
+    transport = room.transport
+    for attempt in range(3):
+        if transport.connected:
+            break
         try:
-            await room.start_container(container, "roll back: the experiment ended before it started it again")
-        except (TransportError, PodwardenError) as exc:
+            transport = make_transport(room.target)
+            await transport.connect()
+        except TargetUnreachable as exc:
+            room.progress(f"roll-back: {exc.reason}; trying again ({attempt + 1}/3)")
+            await asyncio.sleep(5)
+    if not transport.connected:
+        room.progress(f"roll-back impossible, the target is unreachable: start {', '.join(room.stopped)} "
+                      f"{', '.join(room.killed_services)} by hand")
+        return
+    room.transport = transport
+    for container in list(room.stopped):
+        try:
+            facts = await room.inspect(container)
+            if facts is not None and facts.running:
+                room.stopped.pop(container, None)
+                continue
+            room.progress(f"rolling back: podman start {container}")
+            await room.start_container(container, "roll back: the experiment ended before it was back")
+        except Exception as exc:  # each step on its own: the next container still gets its start
             room.progress(f"could not start {container} again: {exc}")
     for name in list(room.killed_services):
         service = room.config.services.get(name)
-        if service is not None and service.start_command:
-            status = await _service_active(room, service)
-            if not status[0]:
+        try:
+            if service is not None and service.start_command and not (await _service_active(room, service))[0]:
                 room.progress(f"rolling back: starting {name}")
-                try:
-                    await room.act(name, "service start", list(service.start_command),
-                                   "roll back: the experiment ended with the service down")
-                except (TransportError, PodwardenError) as exc:
-                    room.progress(f"could not start {name} again: {exc}")
+                await room.act(name, "service start", list(service.start_command),
+                               "roll back: the experiment ended with the service down")
+        except Exception as exc:
+            room.progress(f"could not start {name} again: {exc}")
         room.killed_services.discard(name)
+    if transport is not room.watcher.transport and transport is not room.transport_opened:
+        await transport.close()
 
 
 # ---------------------------------------------------------------- restart
@@ -444,17 +473,25 @@ async def restart_one(room: Lab, container: str, how: str, deadline_s: float | N
 
     act = Step(f"{how}", container, room.now_ns())
     result.steps.append(act)
-    facts = room.watcher.facts.get(container) or await room.inspect(container)
     before_ns = room.now_ns()
     if how == "crash":
-        pid = facts.pid if facts is not None else 0
+        # the pid of this very moment (a snapshot's may be stale: a restart since, a reused pid)
+        facts = await room.inspect(container)
+        pid = facts.pid if facts is not None and facts.running else 0
         if pid <= 1:
             act.ok, act.ended_ns = False, room.now_ns()
-            act.detail = f"{container} has no main process to kill (pid {pid})"
+            act.detail = f"{container} has no main process to kill (pid {pid}, {facts.status if facts else 'gone'})"
             result.summary = act.detail
             return _end(room, result)
         argv = podman.kill_main_process_cmd(room.podman, pid, room.watcher.rootless)
-        await room.act(container, "crash", argv, f"SIGKILL the main process (pid {pid}) from the host: a crash")
+        room.stopped[container] = how  # started again at the end if its policy does not bring it back
+        killed = await room.act(container, "crash", argv, f"SIGKILL the main process (pid {pid}) from the host: a crash")
+        if killed is not None and not killed.ok:
+            act.ok, act.ended_ns = False, room.now_ns()
+            act.detail = f"the kill failed: exit {killed.exit_status}: {(killed.stderr or killed.stdout).strip()[-200:]}"
+            result.summary = act.detail
+            room.stopped.pop(container, None)
+            return _end(room, result)
     elif how == "stop":
         room.stopped[container] = how
         await room.act(container, "podman stop", podman.stop_cmd(room.podman, container), "podman stop")
@@ -505,7 +542,7 @@ async def restart_one(room: Lab, container: str, how: str, deadline_s: float | N
     if how != "crash":
         starter = _who_started(room, container, died_ns)
         back_step.detail += f" ({starter})"
-        room.stopped.pop(container, None)
+    room.stopped.pop(container, None)
 
     probes_step = Step("probes", container, room.now_ns())
     result.steps.append(probes_step)
@@ -726,6 +763,21 @@ def _dead_for_good(facts: podman.InspectFacts | None, machine: ContainerMachine)
 # ---------------------------------------------------------------- service
 
 
+async def _service_identity(room: Lab, service: ServiceConfig) -> str:
+    """What tells one run of the service from the next: its status output (the testbed's names
+    the pid), and for a systemd unit checked the default way, MainPID and NRestarts (systemd
+    restarts a unit in ~100 ms: a poll may never see it down)."""
+    _, output = await _service_active(room, service)
+    if service.status_command:
+        return output
+    try:
+        shown = await room.transport.run(["systemctl", "show", "-p", "MainPID", "-p", "NRestarts", "--value",
+                                          service.name], timeout=15)
+    except TransportError:
+        return output
+    return output + " " + shown.stdout.strip().replace("\n", " ")
+
+
 async def _service_active(room: Lab, service: ServiceConfig) -> tuple[bool, str]:
     command = service.status_command or ["systemctl", "is-active", service.name]
     try:
@@ -761,12 +813,19 @@ async def service(room: Lab, name: str, deadline_s: float | None = None) -> Expe
 
     kill = Step("kill", name, room.now_ns())
     result.steps.append(kill)
+    identity = await _service_identity(room, own)
     killed_ns = room.now_ns()
     room.killed_services.add(name)
-    await room.act("", "service kill", list(own.kill_command), f"kill {name} hard")
+    killed = await room.act("", "service kill", list(own.kill_command), f"kill {name} hard")
     kill.ended_ns = room.now_ns()
-    kill.ok = True
-    kill.detail = f"killed {clock(killed_ns)}"
+    kill.ok = killed is None or killed.ok
+    kill.detail = (f"killed {clock(killed_ns)}" if kill.ok else
+                   f"the kill command failed: exit {killed.exit_status}: "  # type: ignore[union-attr]
+                   f"{(killed.stderr or killed.stdout).strip()[-200:]}")  # type: ignore[union-attr]
+    if not kill.ok:
+        result.summary = kill.detail
+        room.killed_services.discard(name)
+        return _end(room, result)
     if room.dry_run:
         result.verdict, result.summary, result.dry_run = "pass", "dry run", True
         room.killed_services.discard(name)
@@ -779,9 +838,11 @@ async def service(room: Lab, name: str, deadline_s: float | None = None) -> Expe
 
     async def poll() -> None:
         ok, out = await _service_active(room, own)
-        if not ok or out != output:
-            seen_down[0] = seen_down[0] or not ok or out != output
-        if ok and seen_down[0]:
+        if not ok:
+            seen_down[0] = True
+            return
+        # active: a new run of it (seen down, or another pid / restart count than before the kill)
+        if seen_down[0] or await _service_identity(room, own) != identity:
             state["back"] = room.now_ns()
             state["output"] = out
 

@@ -58,6 +58,9 @@ class RecentKeys:
         self._order: deque = deque()
         self._limit = limit
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
     def add(self, key: object) -> bool:
         """Remember `key`; False if it was already there."""
         if key in self._keys:
@@ -161,7 +164,11 @@ class LogFollow:
         """An event of this target: run boundaries for partial lines, and new log files."""
         if obs.at_ns > self._watermark_ns:
             self._watermark_ns = obs.at_ns
-        if obs.status in ("start", "died", "restart", "init"):
+        # A run's records all come before its `died`, and the next run's after its `init`;
+        # `start` (and inspect's StartedAt) are stamped after the new run may already have
+        # written (measured: its first record ~0.7 ms before the start event), and a user's
+        # `restart` is written while the old run can still write: neither is a boundary.
+        if obs.status in ("died", "init"):
             times = self._boundaries.setdefault(obs.container, deque(maxlen=64))
             times.append(obs.at_ns)
         if not self._wanted(obs.container):
@@ -175,10 +182,11 @@ class LogFollow:
         """The latest inspect of the target: log paths, ids, and run starts we missed."""
         current = {f.name: f for f in facts if self._wanted(f.name)}
         for name, fact in current.items():
-            if fact.started_at_ns:
+            # a death the events did not show (FinishedAt comes after the dead run's records)
+            if fact.finished_at_ns and not fact.running:
                 times = self._boundaries.setdefault(name, deque(maxlen=64))
-                if fact.started_at_ns not in times:
-                    times.append(fact.started_at_ns)
+                if fact.finished_at_ns not in times:
+                    times.append(fact.finished_at_ns)
         if self.mode == "podman-logs":
             running = {n for n, f in current.items() if f.running}
             if running != self._fallback_names:
@@ -190,8 +198,8 @@ class LogFollow:
         self._facts = current
 
     def started_between(self, container: str, after_ns: int, upto_ns: int) -> bool | None:
-        """Whether the container died or started in (after_ns, upto_ns]; None while the
-        event stream has not yet reached upto_ns (the answer may still come)."""
+        """Whether a run of the container ended (died) or a new one began (init) in
+        (after_ns, upto_ns]; None while the event stream has not yet reached upto_ns."""
         for at in self._boundaries.get(container, ()):
             if after_ns < at <= upto_ns:
                 return True
@@ -265,12 +273,13 @@ class LogFollow:
 
     async def _load_keys(self, source: Source, first_ns: int) -> None:
         """The identities the store holds from the first re-read record on (minus a margin
-        for stdout and stderr records a little out of time order)."""
-        source.keys_pending = False
+        for stdout and stderr records a little out of time order). The flag drops only once
+        they are in: a follow cut short while loading loads them again."""
         store = getattr(self.sink, "store", None)
         if store is not None:
             for key in await store.log_keys(self.target, source.name, first_ns - _S):
                 source.keys.add(key)
+        source.keys_pending = False
 
     async def _follow_conmon(self, transport: Transport, facts: list[podman.InspectFacts]) -> None:
         sources = await self._sources_for(facts)

@@ -281,6 +281,11 @@ def start_cmd(podman: Sequence[str], name: str) -> list[str]:
     return [*podman, "start", _name(name)]
 
 
+def restart_cmd(podman: Sequence[str], name: str) -> list[str]:
+    """`podman restart NAME` (writes `restart` before its `died`); raises InvalidContainerName."""
+    return [*podman, "restart", _name(name)]
+
+
 _SIGNAL_RE = re.compile(r"(?:SIG)?[A-Z][A-Z0-9+-]*|\d{1,2}", re.ASCII | re.IGNORECASE)
 
 

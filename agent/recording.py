@@ -71,10 +71,7 @@ class Recording:
 
     def add_finding(self, finding: Any, at_ns: int) -> None:
         """Store a finding (anything shaped like agent.diagnosis.Finding) with this run."""
-        if self.store is not None:
-            self.store.add_finding(self.run_id, target=finding.target, container=finding.container,
-                                   rule=finding.rule, severity=finding.severity, message=finding.message,
-                                   cause=finding.cause, fix=finding.fix, evidence=finding.evidence, at_ns=at_ns)
+        self.sink.add_finding(finding, at_ns)
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is committed."""

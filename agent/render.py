@@ -168,3 +168,32 @@ def experiments(outcome: Any) -> Group:
                       f"{len(outcome.experiments)} experiments passed)",
                       style="bold green" if verdict == "pass" else "bold red"))
     return Group(*parts)
+
+
+# ---------------------------------------------------------------- soak
+
+
+def soak(outcome: Any) -> Group:
+    """The soak's verdict, its drifts (container, kind, time, reason) and the containers' summary."""
+    from agent.podman import format_time_ns
+
+    parts: list[Any] = []
+    if outcome.drifts:
+        table = Table(title=f"drift during the soak ({len(outcome.drifts)})", title_justify="left")
+        for column in ("time", "target", "container", "kind", "reason"):
+            table.add_column(column, overflow="fold")
+        for drift in outcome.drifts:
+            count = f" (x{drift.count})" if getattr(drift, "count", 1) > 1 else ""
+            table.add_row(Text(format_time_ns(drift.at_ns)[11:23]), Text(drift.target), Text(drift.container or "-"),
+                          Text(str(drift.kind)), Text(drift.reason + count))
+        parts.append(table)
+    window = ""
+    if outcome.started_ns and outcome.ended_ns:
+        window = (f" over {(outcome.ended_ns - outcome.started_ns) / 1e9:.0f}s "
+                  f"({format_time_ns(outcome.started_ns)[11:19]} to {format_time_ns(outcome.ended_ns)[11:19]} UTC)")
+    elif not outcome.started_ns:
+        window = ": the window never opened (no target was watched)"
+    text = (f"soak: {outcome.verdict.upper()}{window}: {len(outcome.drifts)} drift(s), "
+            f"{outcome.probes_run} probe runs")
+    parts.append(Text(text, style="bold green" if outcome.verdict == "pass" else "bold red"))
+    return Group(*parts)

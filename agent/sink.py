@@ -9,13 +9,16 @@ a run (agent/replay.py) gives back its stored changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from machines.container import Fleet, StateChange
 from machines.observations import AgentObs, Observation
 
 ChangeCallback = Callable[[StateChange], None]
 ObsCallback = Callable[[Observation], None]
+# (observation, the changes it made, its stored id): what drift and hooks are fed
+FedCallback = Callable[[Observation, list[StateChange], "int | None"], None]
+FindingCallback = Callable[[Any], None]
 # A flood may queue this many rows before a producer waits for the store.
 BACKPRESSURE_ROWS = 20_000
 # Redaction time-outs reported as agent records at most this many times a run, then every 1000th.
@@ -36,6 +39,8 @@ class Sink:
     run_id: int | None = None
     on_change: list[ChangeCallback] = field(default_factory=list)
     on_observation: list[ObsCallback] = field(default_factory=list)
+    on_fed: list[FedCallback] = field(default_factory=list)
+    on_finding: list[FindingCallback] = field(default_factory=list)
     redactor: object | None = None  # store.Redactor; defaults to the store's
     changes: list[StateChange] = field(default_factory=list)  # every change made, in order
     _timeouts_seen: int = 0
@@ -65,7 +70,18 @@ class Sink:
                 callback(change)
         for callback in self.on_observation:
             callback(obs)
+        for fed in self.on_fed:
+            fed(obs, changes, obs_id)
         return changes
+
+    def add_finding(self, finding: Any, at_ns: int) -> None:
+        """Store a finding (shaped like agent.diagnosis.Finding) with the run, and pass it on (hooks)."""
+        if self.store is not None:
+            self.store.add_finding(self.run_id, target=finding.target, container=finding.container,  # type: ignore[attr-defined]
+                                   rule=finding.rule, severity=finding.severity, message=finding.message,
+                                   cause=finding.cause, fix=finding.fix, evidence=finding.evidence, at_ns=at_ns)
+        for callback in self.on_finding:
+            callback(finding)
 
     def _report_timeouts(self, obs: Observation) -> None:
         """A user's redaction pattern that ran out of time on a line: the line was stored as

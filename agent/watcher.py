@@ -18,12 +18,13 @@ from loguru import logger
 
 from agent import podman
 from agent.config import Config, TargetConfig
+from agent.diagnosis import Finding
 from agent.errors import TargetUnreachable, TransportError
 from agent.kernel import oom_kills
 from agent.log_follow import LogFollow, RecentKeys
 from agent.node import inspect_all
 from agent.sink import Sink
-from agent.transport import Transport, make_transport
+from agent.transport import Transport, make_transport, quote_argv
 from machines.observations import AgentObs, EventObs, ProbeObs, SnapshotObs
 
 
@@ -33,6 +34,7 @@ from machines.observations import AgentObs, EventObs, ProbeObs, SnapshotObs
 RESUME_OVERLAP_NS = 5_000_000_000
 # How far apart the kernel's oom-kill line and podman's died may be (0.5 s measured).
 OOM_SLACK_NS = 10_000_000_000
+KERNEL_LOG_RETRY_S = 600.0  # an unreadable kernel log is tried again this much later
 
 
 class LinkLost(Exception):
@@ -89,7 +91,8 @@ class TargetWatcher:
         self._log_since_set = False
         self.ready = asyncio.Event()  # set once connected and the first reconcile is in
         self.facts: dict[str, podman.InspectFacts] = {}  # the latest inspect of the watched containers
-        self._kernel_log: bool | None = None  # False: the node's kernel log cannot be read
+        self._kernel_log: bool | None = None  # False: the node's kernel log could not be read
+        self._kernel_log_retry_at = 0.0
         self._transport_now: Transport | None = None
         self.logs = LogFollow(self.name, config, sink, podman_cmd=self._podman, now_ns=self.now_ns,
                               agent=self._agent, view=self.view, wanted=self._wanted)
@@ -229,6 +232,34 @@ class TargetWatcher:
         self.sink.put(AgentObs(self.name, "", since, "backfilled",
                                f"{count} events from {podman.format_time_ns(since)} "
                                f"to {podman.format_time_ns(self.now_ns())}"))
+        await self._check_lost_window(transport, since)
+
+    async def _check_lost_window(self, transport: Transport, since: int) -> None:
+        """podman's file events backend drops the older half of events.log at 1 MB (lost on a
+        reboot when rootless): when its oldest event is newer than where the backfill had to
+        begin, the events between are gone. Record that window, never skip it silently."""
+        argv = ["sh", "-c", f"{quote_argv(podman.events_cmd(self._podman, follow=False))} | head -n 1"]
+        try:
+            result = await transport.run(argv, timeout=60)
+        except TransportError:
+            if not transport.connected:
+                raise
+            return
+        first = podman.parse_event(result.stdout.split("\n", 1)[0], self.name)
+        if not isinstance(first, EventObs) or first.at_ns <= since:
+            return
+        detail = (f"podman's event log begins at {podman.format_time_ns(first.at_ns)}, after where the backfill "
+                  f"had to begin ({podman.format_time_ns(since)}): events in between are lost (the file events "
+                  "backend keeps about 1 MB; a rootless log is lost on reboot)")
+        self.sink.put(AgentObs(self.name, "", since, "lost-window", detail))
+        self.sink.add_finding(Finding(
+            self.name, "", "events-lost", "warning",
+            f"{self.name}: events from {podman.format_time_ns(since)} to {podman.format_time_ns(first.at_ns)} "
+            "are lost: podman no longer holds them",
+            "podman's events log was truncated (events.log keeps about 1 MB) or reset (a reboot) while no "
+            "watch ran, so deaths and stops in that window cannot be known from events",
+            "keep a watch running (or run one more often than the log fills); the state at the window's end "
+            "comes from the first snapshot", {"lost_from_ns": since, "lost_to_ns": first.at_ns}), self.now_ns())
 
     async def _follow_events(self, transport: Transport) -> None:
         """Follow `podman events`, resuming with a backfill whenever the stream ends.
@@ -267,13 +298,17 @@ class TargetWatcher:
         self.logs.note_event(parsed)  # run boundaries of partial log lines, even of others
         if not self._wanted(parsed.container) and not self._renamed_away(parsed):
             return False
-        if not self._seen_events.add((parsed.container_id, parsed.status, parsed.at_ns)):
+        key = (parsed.container_id, parsed.status, parsed.at_ns)
+        if key in self._seen_events:
             return False
+        await self._before_event(parsed)
+        # the key is remembered only once the event is stored: a cancellation while the kernel
+        # log was read leaves it unseen, and the backfill after a reconnect brings it again
+        self.sink.put(parsed)
+        self._seen_events.add(key)
         if self._last_event_ns is None or parsed.at_ns > self._last_event_ns:
             self._last_event_ns = parsed.at_ns
         self.view.events += 1
-        await self._before_event(parsed)
-        self.sink.put(parsed)
         if parsed.status == "died" and parsed.container in self.config.containers:
             # podman 4.3 often writes no `stop` event: inspect soon to tell a stop from a crash
             self._recheck.add(parsed.container)
@@ -291,15 +326,17 @@ class TargetWatcher:
         """
         if event.status != "died" or event.exit_code != 137 or not event.container_id:
             return
-        if self._kernel_log is False:
+        if self._kernel_log is False and time.monotonic() < self._kernel_log_retry_at:
             return
         try:
             scan = await oom_kills(self._transport_now, [event.container_id], event.at_ns - OOM_SLACK_NS)
         except TransportError:
             return  # the link went: the event is still stored, without the kernel's word
         if not scan.available:
+            if self._kernel_log is not False:
+                self._agent("kernel-log-unavailable", f"OOM kills cannot be confirmed: {scan.reason}")
             self._kernel_log = False
-            self._agent("kernel-log-unavailable", f"OOM kills cannot be confirmed: {scan.reason}")
+            self._kernel_log_retry_at = time.monotonic() + KERNEL_LOG_RETRY_S  # it may have been passing
             return
         self._kernel_log = True
         kill = scan.near(event.container_id, event.at_ns, OOM_SLACK_NS)
@@ -324,6 +361,11 @@ class TargetWatcher:
                 self._recheck_wake.clear()
                 self._recheck.clear()
             await self._reconcile(transport)
+
+    @property
+    def transport(self) -> Transport | None:
+        """The link of the current connection (None before the first; check `connected`)."""
+        return self._transport_now
 
     @property
     def rootless(self) -> bool:
@@ -417,12 +459,6 @@ class TargetWatcher:
 
     def _agent(self, what: str, detail: str = "") -> None:
         self.sink.put(AgentObs(self.name, "", self.now_ns(), what, detail))
-
-
-def _quote(argv: list[str]) -> str:
-    from agent.transport import quote_argv
-
-    return quote_argv(argv)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:

@@ -122,6 +122,7 @@ class _Death:
     oom_killed: bool = False  # podman's own OOMKilled (5.x; 4.3 always says false)
     restarted: bool = False  # the restart policy restarted it: podman never restarts a user stop
     counted: bool = False  # died on its own: in `crashes` and the crash-loop count
+    first_sight: bool = False  # the container was already down when the machine first saw it
     reason: DeathReason | None = None
 
 
@@ -906,8 +907,19 @@ class ContainerMachine:
         self._prev_snapshot = (obs.at_ns, obs.restart_count)
         if death is None and not self._starts and not self._ends:
             # First sight of a container that was already down: not a death we saw, so not counted.
-            death = _Death(finished, obs.exit_code, oom_killed=obs.oom_killed)
+            death = _Death(finished, obs.exit_code, oom_killed=obs.oom_killed, first_sight=True)
             self._ends.append(death)
+            if obs.stopped_by_user or (obs.at_ns - finished >= self.settings.restart_grace_ns
+                                       and _policy_restarts(obs, obs.exit_code)):
+                # podman restarts every death under this policy but a user's stop: it was stopped
+                # (before we looked; 4.3 says so nowhere else)
+                evidence = (_STOPPED_BY_USER if obs.stopped_by_user
+                            else f"not restarted under restart policy {obs.restart_policy}")
+                death.by, death.by_evidence = "stop", evidence
+                self._explain(death)
+                self._fire("observe_stopped", obs, f"inspect says {what}; {evidence}: stopped by a user "
+                                                   "before podwarden looked")
+                return
             self._explain(death)
             self._fire("observe_exited", obs, f"inspect says {what}")
             return
@@ -937,7 +949,8 @@ class ContainerMachine:
                 death.exit_code = obs.exit_code
             self._explain(death)
         grace = self.settings.restart_grace_ns
-        newest_down = death is self._ends[-1] and death.counted and not death.restarted and not self._up()
+        newest_down = (death is self._ends[-1] and (death.counted or (death.first_sight and death.by is None))
+                       and not death.restarted and not self._up())
         if newest_down and obs.stopped_by_user:
             # podman 5 says so itself
             self._claimed(death, "stop", obs, evidence=_STOPPED_BY_USER, contradiction=True,

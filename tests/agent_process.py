@@ -121,9 +121,12 @@ class Node:
         self.target = ["--config", str(self.config), "--target", sshd.url(user),
                        "--identity", str(sshd.identity), "--known-hosts", str(sshd.known_hosts)]
 
-    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        result = podwarden([*args, *self.target], timeout)
-        return result
+    def run(self, *args: str, timeout: float = 180, config: Path | None = None) -> subprocess.CompletedProcess:
+        """`podwarden ARGS` against this node (with another config file if given)."""
+        target = list(self.target)
+        if config is not None:
+            target[target.index("--config") + 1] = str(config)
+        return podwarden([*args, *target], timeout)
 
     def ok(self, *args: str, timeout: float = 180) -> str:
         result = self.run(*args, timeout=timeout)

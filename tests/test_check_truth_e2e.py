@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -38,7 +39,9 @@ ROOTLESS_NAMES = ("tct-killed",)
 
 
 def podman(*argv: str, input: bytes | None = None, check: bool = True, timeout: float = 120) -> str:
-    result = subprocess.run(["podman", *argv], input=input, capture_output=True, timeout=timeout)
+    # cwd: conmon writes an empty `oom` file into podman's working directory on an OOM kill
+    result = subprocess.run(["podman", *argv], input=input, capture_output=True, timeout=timeout,
+                            cwd=tempfile.gettempdir())
     if check:
         assert result.returncode == 0, result.stderr.decode(errors="replace")
     return result.stdout.decode(errors="replace")

@@ -334,3 +334,28 @@ def test_podman_logs_parser_ignores_implausible_glues() -> None:
     # identical lines in one stamp get distinct places
     seqs = [line.seq for _ in range(3) for line in parser.feed(f"app {format_time_ns(T0 + 7)} same")]
     assert seqs == [0, 1, 2]
+
+
+def test_run_boundaries_are_deaths_and_inits_not_starts() -> None:
+    """Measured on podman 4.3: a run's first record comes ~0.7 ms before its `start` event (and
+    before StartedAt), so `start` must not end a partial line; `died` and `init` do."""
+    from agent.config import config_from_dict
+    from agent.log_follow import LogFollow
+    from machines.observations import EventObs
+
+    follow = LogFollow("t", config_from_dict({"containers": {"app": {}}}), object(), podman_cmd=["podman"],
+                       now_ns=lambda: T0 + 10**12, agent=lambda what, detail: None, view=object(),
+                       wanted=lambda name: True)
+
+    def event(status: str, at: int) -> EventObs:
+        return EventObs("t", "app", T0 + at, "c" * 64, status)
+
+    # a partial record at +100, the new run's first record at +1000 with its start event at +1700
+    for status, at in (("start", 1700), ("restart", 900)):
+        follow.note_event(event(status, at))
+    assert follow.started_between("app", T0 + 100, T0 + 1000) is False
+    follow.note_event(event("died", 500))
+    assert follow.started_between("app", T0 + 100, T0 + 1000) is True
+    follow.note_event(event("init", 5000))
+    assert follow.started_between("app", T0 + 4000, T0 + 6000) is True
+    assert follow.started_between("app", T0 + 6000, T0 + 7000) is False
