@@ -8,7 +8,7 @@ the event index, the hop to aiosqlite's thread), the raw path gets the finished 
     .venv/bin/python bench/bench_store.py            # 100k observations, 5 rounds
     .venv/bin/python bench/bench_store.py --quick    # 20k, 3 rounds
 
-Prints `store: obs_per_s=N ratio_vs_executemany=R` (medians) and the details.
+Prints the details, then ends with `store: obs_per_s=N ratio_vs_executemany=R ...` (medians).
 """
 
 from __future__ import annotations
@@ -122,7 +122,6 @@ def main() -> None:
     raw = statistics.median(results["raw"])
     writer = statistics.median(results["writer"])
     plain = statistics.median(results["writer_noredact"])
-    print(f"store: obs_per_s={writer:.0f} ratio_vs_executemany={writer / raw:.2f}")
     print(f"  count={count} rounds={rounds} cpus={os.cpu_count()} sqlite={sqlite3.sqlite_version} "
           f"dir={args.dir or tempfile.gettempdir()} load={os.getloadavg()[0]:.2f}")
     print(f"  raw executemany x{BATCH}: {raw:.0f} rows/s "
@@ -130,6 +129,8 @@ def main() -> None:
     print(f"  StoreWriter, {len(PATTERNS)} redaction patterns: {writer:.0f} obs/s "
           f"(runs: {', '.join(f'{v:.0f}' for v in results['writer'])})")
     print(f"  StoreWriter, no redaction: {plain:.0f} obs/s ratio={plain / raw:.2f}")
+    print(f"store: obs_per_s={writer:.0f} ratio_vs_executemany={writer / raw:.2f} "
+          f"executemany_rows_per_s={raw:.0f} noredact_ratio={plain / raw:.2f}")
 
 
 if __name__ == "__main__":
