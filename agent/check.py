@@ -373,6 +373,7 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
     # how the containers died: podman's events, and the kernel's OOM killer
     windows = {c: w for c in present if (w := _death_window_start(facts_by_name[c], timing)) is not None}
     deaths: dict[str, list[Death]] = {}
+    deaths_unread = False
     oom: OomScan | None = None
     if windows:
         since = min(windows.values())
@@ -381,6 +382,7 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
         deaths, note = await read_deaths(transport, podman_cmd, ids, since)
         if note:
             report.notes.append(note)
+            deaths_unread = True
         oom = await oom_kills(transport, ids, since - OOM_SLACK_NS)
         if not oom.available:
             report.notes.append(f"kernel log unavailable, OOM kills can only be likely: {oom.reason}")
@@ -406,6 +408,7 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
                          and r.obs.probe_type == "podman-healthcheck" and (record := _health_record(r)) is not None],
             probes=[r.obs for r in results if r.obs.container == container], deaths=deaths.get(facts.id, ()),
             oom=oom if container in windows else None, now_ns=now_ns, timing=timing,
+            deaths_read=container in windows and not deaths_unread,
         )
         prior = check_policies(facts, config, evidence.lines, failing=evidence.failing)
         findings.extend(diagnose(evidence, rules, prior))

@@ -288,13 +288,15 @@ class Evidence:
     now_ns: int = 0  # the node's time of the check; 0 when unknown
     timing: Timing = Timing()
     past: bool = False  # the evidence of an earlier run that died (see `recovered_incident`)
+    # deaths no user asked for within the crash-loop window before now (None: podman's events unread)
+    recent_deaths: int | None = None
 
     @classmethod
     def build(cls, target: str, container: str, facts: InspectFacts | None, *, expected_state: str | None = None,
               lines: Iterable[str] = (), records: Iterable[LogLine] = (), error_patterns: Iterable[str] = (),
               ignore_patterns: Iterable[str] = (), health_runs: Iterable[HealthRecord] = (),
               probes: Iterable[ProbeObs] = (), deaths: Sequence[Death] = (), oom: OomScan | None = None,
-              now_ns: int = 0, timing: Timing = Timing()) -> "Evidence":
+              now_ns: int = 0, timing: Timing = Timing(), deaths_read: bool = False) -> "Evidence":
         """Evidence with ignore patterns applied, the present told from history, and the last death explained.
 
         `records` are stamped log lines (podman's times); plain `lines` count as present.
@@ -340,7 +342,20 @@ class Evidence:
                    tuple(line for line in present if is_error(line)), recorded + tuple(health_runs), tuple(probes),
                    earlier, tuple(r for r in earlier if is_error(r.text)), reason,
                    death.at_ns if death is not None else 0, death.exit_code if death is not None else None,
-                   death_lines, first_error, now_ns, timing)
+                   death_lines, first_error, now_ns, timing,
+                   recent_deaths=cls._recent_deaths(deaths, now_ns, timing) if deaths_read else None)
+
+    @staticmethod
+    def _recent_deaths(deaths: Sequence[Death], now_ns: int, timing: Timing) -> int | None:
+        """The deaths in the crash-loop window before now that no user's command caused.
+
+        RestartCount alone cannot say this: podman counts every restart since the container
+        was created (measured, podman 4.3: three crashes 40 minutes earlier and one now read 4), so
+        old deaths beside a healthy present would make a crash loop of today.
+        """
+        if not now_ns:
+            return None
+        return sum(1 for d in deaths if d.user_action is None and d.at_ns >= now_ns - timing.crashloop_window_ns)
 
     @staticmethod
     def _run_since(facts: InspectFacts | None, death: Death | None) -> int:
@@ -376,9 +391,13 @@ class Evidence:
 
     @property
     def crash_looping(self) -> bool:
-        """Restarted crashloop_deaths times or more and not yet up for the stable period."""
-        return (self.facts is not None and self.facts.restart_count >= self.timing.crashloop_deaths
-                and not self.stable)
+        """Died crashloop_deaths times or more within the crash-loop window (podman's events; without
+        them, restarted that often) and not yet up for the stable period."""
+        if self.facts is None or self.stable:
+            return False
+        if self.recent_deaths is not None:
+            return self.recent_deaths >= self.timing.crashloop_deaths
+        return self.facts.restart_count >= self.timing.crashloop_deaths
 
     @property
     def failing(self) -> bool:

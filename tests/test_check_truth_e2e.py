@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 
 IMAGE = "localhost/tct-busybox:1"
 STABLE_S = 10  # [machine] stable_period for these tests: a crash loop is over after 10 s up
-ROOT_NAMES = ("tct-rec", "tct-oom", "tct-segv", "tct-benign", "tct-retry")
+ROOT_NAMES = ("tct-rec", "tct-oom", "tct-segv", "tct-benign", "tct-retry", "tct-old")
 ROOTLESS_NAMES = ("tct-killed",)
 
 
@@ -69,9 +69,9 @@ def run_container(name: str, *args: str) -> None:
     podman("run", "-d", "--name", name, "--network", "host", "--stop-signal", "KILL", *args)
 
 
-def check(target: TargetConfig, containers: dict[str, Any]) -> CheckReport:
+def check(target: TargetConfig, containers: dict[str, Any], crashloop_window: str = "1m") -> CheckReport:
     config = config_from_dict({"containers": containers,
-                               "machine": {"stable_period": f"{STABLE_S}s", "crashloop_window": "1m"}})
+                               "machine": {"stable_period": f"{STABLE_S}s", "crashloop_window": crashloop_window}})
 
     async def go() -> CheckReport:
         async with make_transport(target) as transport:
@@ -124,6 +124,28 @@ def test_a_crash_loop_that_recovered_passes_with_an_incident(root_target, root_i
     assert incident.evidence["incident"]["deaths"] >= 3
     assert report.verdict == "pass" and not report.failed_probes
     assert took < 30
+
+
+def test_old_deaths_and_one_crash_now_are_no_crash_loop(root_target, root_image, tmp_path):
+    """podman's RestartCount counts every restart since the container was created: three
+    deaths outside the crash-loop window and one now read 4, which is no crash loop."""
+    run_container("tct-old", "--restart", "unless-stopped", "--memory", "32m", "-v", f"{tmp_path}:/data", IMAGE, "sh", "-c",
+                  "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; echo run $n; "
+                  "[ $n -le 3 ] && exit 1; exec sleep 600")
+    wait_for(lambda: "run 4" in podman("logs", "tct-old"), 30, "tct-old to stay up after three deaths")
+    window_s = 6
+    last_death = time.time()
+    wait_for(lambda: time.time() - last_death > window_s + 1, window_s + 5, "the crash-loop window to pass")
+    pid = inspect("tct-old", "{{.State.Pid}}")
+    os.kill(int(pid), 9)  # one crash now, from outside: the restart policy brings it back
+    wait_for(lambda: "run 5" in podman("logs", "tct-old") and inspect("tct-old", "{{.State.Status}}") == "running",
+             30, "tct-old to come back")
+    assert int(inspect("tct-old", "{{.RestartCount}}")) >= 4
+    report = check(root_target, {"tct-old": {}}, crashloop_window=f"{window_s}s")
+    found = by_container(report, "tct-old")
+    assert "crash-loop" not in found, found["crash-loop"].message
+    assert report.verdict == "pass", [(f.rule, f.severity, f.message) for f in report.findings]
+    assert set(found) == {"recovered-incident"} and "SIGKILL" in found["recovered-incident"].message
 
 
 # ---------------------------------------------------------------- a reason for every death
