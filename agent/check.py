@@ -409,6 +409,7 @@ async def run_check(transport: Transport, config: Config, target: TargetConfig, 
             probes=[r.obs for r in results if r.obs.container == container], deaths=deaths.get(facts.id, ()),
             oom=oom if container in windows else None, now_ns=now_ns, timing=timing,
             deaths_read=container in windows and not deaths_unread,
+            caused=tuple(rec.sink.actions.get((name, container), ())) if rec is not None else (),
         )
         prior = check_policies(facts, config, evidence.lines, failing=evidence.failing)
         findings.extend(diagnose(evidence, rules, prior))

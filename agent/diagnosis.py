@@ -163,6 +163,11 @@ class Death:
     exit_code: int | None
     user_action: str | None = None  # "stop" | "kill" | "restart": a podman event of a user's command
     run_started_ns: int = 0  # the start (podman's `init`) of the run that died, when known
+    restarted: bool = False  # the restart policy restarted it (its `restart` event follows the `died`)
+
+
+# a death up to this long after one of podwarden's own actions on the container is that action's
+OWN_ACTION_SLACK_NS = 15 * NS_PER_S
 
 
 def deaths_from_events(events: Iterable[EventObs]) -> dict[str, list[Death]]:
@@ -192,10 +197,11 @@ def deaths_from_events(events: Iterable[EventObs]) -> dict[str, list[Death]]:
             elif event.status in ("stop", "kill", "restart"):
                 if not found or previous_death < started:
                     pending = pending or event.status
-                elif (event.status != "restart" and found[-1].user_action is None
-                      and event.at_ns - previous_death <= USER_ACTION_SLACK_NS):
+                elif event.status == "restart":
+                    # the restart policy's `restart`, written after the `died`
+                    found[-1] = dataclasses.replace(found[-1], restarted=True)
+                elif found[-1].user_action is None and event.at_ns - previous_death <= USER_ACTION_SLACK_NS:
                     found[-1] = dataclasses.replace(found[-1], user_action=event.status)  # stamped after its died
-                # else: the restart policy's `restart`, written after the `died`
             elif event.status == "died":
                 found.append(Death(event.at_ns, event.exit_code, pending, started if started > previous_death else 0))
                 pending = None
@@ -296,7 +302,8 @@ class Evidence:
               lines: Iterable[str] = (), records: Iterable[LogLine] = (), error_patterns: Iterable[str] = (),
               ignore_patterns: Iterable[str] = (), health_runs: Iterable[HealthRecord] = (),
               probes: Iterable[ProbeObs] = (), deaths: Sequence[Death] = (), oom: OomScan | None = None,
-              now_ns: int = 0, timing: Timing = Timing(), deaths_read: bool = False) -> "Evidence":
+              now_ns: int = 0, timing: Timing = Timing(), deaths_read: bool = False,
+              caused: Sequence[int] = ()) -> "Evidence":
         """Evidence with ignore patterns applied, the present told from history, and the last death explained.
 
         `records` are stamped log lines (podman's times); plain `lines` count as present.
@@ -343,19 +350,28 @@ class Evidence:
                    earlier, tuple(r for r in earlier if is_error(r.text)), reason,
                    death.at_ns if death is not None else 0, death.exit_code if death is not None else None,
                    death_lines, first_error, now_ns, timing,
-                   recent_deaths=cls._recent_deaths(deaths, now_ns, timing) if deaths_read else None)
+                   recent_deaths=cls._recent_deaths(deaths, now_ns, timing, caused) if deaths_read else None)
 
     @staticmethod
-    def _recent_deaths(deaths: Sequence[Death], now_ns: int, timing: Timing) -> int | None:
-        """The deaths in the crash-loop window before now that no user's command caused.
+    def _recent_deaths(deaths: Sequence[Death], now_ns: int, timing: Timing, caused: Sequence[int] = ()) -> int | None:
+        """The deaths of a loop in the crash-loop window before now: each restarted by the
+        restart policy, none a user's command, none caused by podwarden's own action
+        (`caused`: the times of its actions on this container, e.g. a crash experiment).
 
-        RestartCount alone cannot say this: podman counts every restart since the container
-        was created (measured, podman 4.3: three crashes 40 minutes earlier and one now read 4), so
-        old deaths beside a healthy present would make a crash loop of today.
+        RestartCount cannot say this: podman counts every restart since the container was
+        created (measured, podman 4.3: three crashes 40 minutes earlier and one now read 4) and
+        `podman start` sets it to 0 (measured), so old deaths beside a healthy present would
+        make a crash loop of today. A user's `podman stop` under a restarting policy has no
+        `restart` after its `died` (podman 4 writes no stop event for some stops).
         """
         if not now_ns:
             return None
-        return sum(1 for d in deaths if d.user_action is None and d.at_ns >= now_ns - timing.crashloop_window_ns)
+
+        def ours(death: Death) -> bool:
+            return any(0 <= death.at_ns - at <= OWN_ACTION_SLACK_NS for at in caused)
+
+        return sum(1 for d in deaths if d.restarted and d.user_action is None and not ours(d)
+                   and d.at_ns >= now_ns - timing.crashloop_window_ns)
 
     @staticmethod
     def _run_since(facts: InspectFacts | None, death: Death | None) -> int:

@@ -8,11 +8,12 @@ a run (agent/replay.py) gives back its stored changes.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from machines.container import Fleet, StateChange
-from machines.observations import AgentObs, Observation
+from machines.observations import AgentObs, Kind, Observation
 
 ChangeCallback = Callable[[StateChange], None]
 ObsCallback = Callable[[Observation], None]
@@ -23,6 +24,7 @@ FindingCallback = Callable[[Any], None]
 BACKPRESSURE_ROWS = 20_000
 # Redaction time-outs reported as agent records at most this many times a run, then every 1000th.
 TIMEOUT_REPORTS = 10
+ACTIONS_KEPT = 100  # per container
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Sink:
     on_finding: list[FindingCallback] = field(default_factory=list)
     redactor: object | None = None  # store.Redactor; defaults to the store's
     changes: list[StateChange] = field(default_factory=list)  # every change made, in order
+    # podwarden's own recent actions per (target, container): their times (a check tells the deaths they caused)
+    actions: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
     _timeouts_seen: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +65,8 @@ class Sink:
             self._report_timeouts(obs)
         obs_id = (self.store.add(obs, self.run_id, redacted=True)  # type: ignore[attr-defined]
                   if self.store is not None else None)
+        if obs.kind == Kind.ACTION and obs.container and not obs.dry_run:  # type: ignore[union-attr]
+            self.actions.setdefault((obs.target, obs.container), deque(maxlen=ACTIONS_KEPT)).append(obs.at_ns)
         changes = self.fleet.feed(obs)
         for change in changes:
             self.changes.append(change)

@@ -617,6 +617,29 @@ def test_deaths_from_real_events_tell_users_from_crashes():
         (137, "kill"), (137, "stop"), (137, "restart"), (137, None)]
     assert [(d.exit_code, d.user_action) for d in deaths[rc_id]] == [(3, None)] * 3
     assert all(d.run_started_ns and d.run_started_ns < d.at_ns for d in deaths[ev_id])
+    # the restart policy's `restart` follows the deaths it restarted, and only those
+    assert [d.restarted for d in deaths[ev_id]] == [False, False, False, True]
+    assert [d.restarted for d in deaths[rc_id]] == [True, True, False]
+
+
+def test_a_crash_loop_counts_the_policy_restarts_in_the_window_not_ours_nor_old_ones():
+    node = facts("inspect-tbc-indexer-allfaults", status="running", running=True, restart_count=9)
+    now = node.started_at_ns + 1_000_000_000
+    window = Timing().crashloop_window_ns
+    crash = [Death(now - i * 10_000_000_000, 1, None, restarted=True) for i in range(1, 4)]
+    old = [Death(now - window - i * 1_000_000_000, 1, None, restarted=True) for i in range(1, 6)]
+    stops = [Death(now - i * 5_000_000_000, 137, None, restarted=False) for i in range(1, 4)]
+
+    def looping(deaths: list[Death], caused: tuple[int, ...] = ()) -> bool:
+        return Evidence.build("node1", node.name, node, deaths=deaths, now_ns=now, deaths_read=True,
+                              caused=caused).crash_looping
+
+    assert looping(crash)
+    assert not looping(old + crash[:2]), "old deaths outside the window are history"
+    assert not looping(stops + crash[:2]), "a death nothing restarted is no loop"
+    assert not looping(crash, caused=(crash[0].at_ns - 1_000_000,)), "a death podwarden caused is not the loop's"
+    # podman's events unread: RestartCount stands in
+    assert Evidence.build("node1", node.name, node, now_ns=now).crash_looping
 
 
 def test_a_user_kill_is_named_and_is_not_an_oom_kill():
