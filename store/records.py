@@ -77,3 +77,14 @@ class ExperimentRecord:
     ended_ns: int | None
     verdict: str | None
     steps: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerCounts:
+    """What happened to one container in a window, counted for the report."""
+
+    target: str
+    container: str
+    deaths: int  # podman `died` events
+    changes: int  # state changes
+    error_lines: int  # log lines that matched the error patterns

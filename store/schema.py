@@ -4,7 +4,7 @@ Migration N is `MIGRATIONS[N - 1]`; each is applied in its own transaction toget
 its row in `schema_migrations`, so a crash leaves the file at the previous version. Add a
 migration to change the schema; never edit one that has shipped.
 
-Tables and columns named in DESIGN.md are a contract read by outside checks with plain
+Tables and columns named in docs/architecture.md are a contract read by outside checks with plain
 SQL: add columns and tables, never rename or drop. Times are integer nanoseconds since
 the epoch (`*_ns`); JSON columns hold compact JSON text.
 """
@@ -91,6 +91,60 @@ MIGRATIONS: tuple[str, ...] = (
         steps       TEXT NOT NULL DEFAULT '[]'    -- JSON list of step objects, redacted
     );
     CREATE INDEX experiments_run ON experiments (run_id);
+    """,
+    # 2: a log line's identity is its place in its source, not its (time, text): conmon
+    # stamps every line of one read with one time, so identical lines share a stamp.
+    # `seq` is the byte offset of the line's first record in conmon's log file (or its
+    # index among the lines of its stamp when read through `podman logs`).
+    """
+    ALTER TABLE observations ADD COLUMN seq INTEGER;
+    CREATE UNIQUE INDEX observations_log_key
+        ON observations (target, container, at_ns, seq) WHERE kind = 'log';
+    """,
+    # 3: the morning after: what the reading side asks of the file (bench/bench_morning.py).
+    # - A log line's error flag is a column (it was only inside `data`: counting error lines
+    #   per container read every log row). From here on `data` no longer repeats what a column
+    #   holds: an event's container_id and status, a snapshot's container_id, a log line's
+    #   is_error (older rows keep theirs; readers take the column where it is set). Rows
+    #   stored before this migration keep is_error NULL unless the line was an error.
+    # - run_id gets an index (a run's first page read the whole table), snapshots a small
+    #   partial one (the state before a window: the last snapshot of each container).
+    # - Log text gets a contentless FTS5 index (words of letters; ~33 bytes per observation,
+    #   +10%), filled in the writer's idle time (`StoreWriter.index_logs`, ~3 us a line), not
+    #   by a trigger (in every commit of the writer it took raw inserts from ~100k to ~40k
+    #   rows/s). `store_state.fts_indexed_upto` is the highest observation id it covers (ids
+    #   are committed in order: one writer per file); readers scan the ids above it. A
+    #   deleted log row leaves the index through the trigger (contentless: the text must be
+    #   given again).
+    """
+    ALTER TABLE observations ADD COLUMN is_error INTEGER;   -- log: 1 when the line is an error
+    UPDATE observations SET is_error = 1
+        WHERE kind = 'log' AND json_extract(data, '$.is_error') = 1;
+    CREATE INDEX observations_log_errors
+        ON observations (target, container, at_ns) WHERE kind = 'log' AND is_error = 1;
+    CREATE INDEX observations_run_at ON observations (run_id, at_ns);
+    CREATE INDEX observations_snapshots
+        ON observations (target, container, at_ns) WHERE kind = 'snapshot';
+
+    CREATE TABLE store_state (
+        key    TEXT PRIMARY KEY,
+        value  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO store_state (key, value) VALUES ('fts_indexed_upto', 0);
+
+    -- words are runs of letters: digits separate them (numbers and hex ids, most of the
+    -- distinct tokens of a night, would double the index: 58 -> 33 bytes per observation)
+    CREATE VIRTUAL TABLE log_fts USING fts5 (
+        line, content = '', columnsize = 0,
+        tokenize = "unicode61 separators '0123456789'"
+    );
+    CREATE TRIGGER observations_log_fts_delete AFTER DELETE ON observations
+        WHEN old.kind = 'log'
+             AND old.id <= (SELECT value FROM store_state WHERE key = 'fts_indexed_upto')
+    BEGIN
+        INSERT INTO log_fts (log_fts, rowid, line)
+            VALUES ('delete', old.id, json_extract(old.data, '$.line'));
+    END;
     """,
 )
 

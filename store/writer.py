@@ -9,7 +9,7 @@ table in one transaction.
 
 Cancellation: each transaction runs in its own task that the writer only awaits through
 `asyncio.shield`, because a cancelled aiosqlite `executemany` still inserts its rows into
-the open transaction (LIBRARIES.md); should that task itself be cancelled (event loop
+the open transaction (docs/library-facts.md, SQLite); should that task itself be cancelled (event loop
 shutdown), it rolls back and puts its rows back in the queue for `close()`. `close()`
 finishes even when the caller is cancelled: an unclosed aiosqlite connection hangs
 interpreter exit.
@@ -18,6 +18,12 @@ Backpressure: `add()` never blocks and never drops, so it is for producers whose
 is bounded (snapshots, probes, changes, agent records). A producer that can outrun the
 disk (an event or log stream) uses `await add_wait(...)`, which waits for a commit
 whenever `max_pending` rows are queued: memory stays bounded by about twice that.
+
+Idle time: `maintain` (run beside the writer, in the same task group) indexes committed log
+lines for text search (`log_fts`, schema migration 3) and, given a retention, deletes what
+is older; each step is one short transaction on this connection between two commits
+(`index_logs`, `prune`). Deleted pages are reused by later inserts: the file stops growing
+at about `keep`'s worth of observations (no VACUUM: it would hold the write lock for minutes).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any, Callable, Iterable, Mapping
 import aiosqlite
 import anyio
 
-from machines.observations import Observation
+from machines.observations import COLUMN_FIELDS, OMITTED_WHEN_NONE, Observation
 from store import schema
 from store.errors import (
     NotAStore,
@@ -50,7 +56,7 @@ from store.errors import (
     StoreVersionError,
     StoreWriteFailed,
 )
-from store.redact import Redactor
+from store.redact import IDENTIFIER_FIELDS, Redactor
 
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -64,11 +70,13 @@ _CHECKPOINT_BUSY_MS = 100  # a periodic checkpoint gives up quickly rather than 
 
 _INSERT_RUN = ("INSERT INTO runs (id, command, targets, started_ns, ended_ns, verdict, config, pid) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-# Only the event key may conflict quietly (a backfilled duplicate); an id clash still raises.
+# Only an event's or a log line's identity may conflict quietly (a backfill or a resumed
+# follow re-reading what is stored); an id clash still raises.
 _INSERT_OBS = ("INSERT INTO observations "
-               "(id, run_id, target, container, container_id, at_ns, kind, status, data) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-               "ON CONFLICT (target, container_id, status, at_ns) WHERE kind = 'event' DO NOTHING")
+               "(id, run_id, target, container, container_id, at_ns, kind, status, seq, is_error, data) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+               "ON CONFLICT (target, container_id, status, at_ns) WHERE kind = 'event' DO NOTHING "
+               "ON CONFLICT (target, container, at_ns, seq) WHERE kind = 'log' DO NOTHING")
 _INSERT_CHANGE = ("INSERT INTO changes (id, observation_id, run_id, target, container, at_ns, "
                   "from_state, to_state, cause, contradiction, obs_kind) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -77,8 +85,26 @@ _INSERT_FINDING = ("INSERT INTO findings (id, run_id, target, container, rule, s
 _INSERT_EXPERIMENT = ("INSERT INTO experiments (id, run_id, kind, subject, started_ns, ended_ns, "
                       "verdict, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 # Row positions in an observation row (see observation_row).
-_ID, _TARGET, _CONTAINER_ID, _AT_NS, _STATUS = 0, 2, 4, 5, 7
+_ID, _TARGET, _CONTAINER_ID, _AT_NS, _KIND, _STATUS = 0, 2, 4, 5, 6, 7
 
+# Idle-time maintenance (see `maintain`): rows per step, adapted to the step's time.
+_INDEX_CHUNK = 20_000  # observation ids per text-index step (5M: ~370k ids/s in maintain's steps)
+_PRUNE_CHUNK = 2000
+_MIN_CHUNK, _MAX_CHUNK = 100, 10_000  # maintain's steps: 10,000 ids take FTS5 ~25-120 ms
+# Oldest first through the time indexes; `?` bounds: the cut-off, then rows left in the step.
+_PRUNE_STATEMENTS = (
+    "DELETE FROM observations WHERE id IN (SELECT id FROM observations INDEXED BY observations_at "
+    "WHERE at_ns < ? ORDER BY at_ns LIMIT ?)",
+    "DELETE FROM changes WHERE id IN (SELECT id FROM changes INDEXED BY changes_at "
+    "WHERE at_ns < ? ORDER BY at_ns LIMIT ?)",
+    "DELETE FROM findings WHERE id IN (SELECT id FROM findings INDEXED BY findings_at "
+    "WHERE at_ns < ? ORDER BY at_ns LIMIT ?)",
+    # a run or experiment that has not ended (still going, or cut short) is kept
+    "DELETE FROM experiments WHERE id IN (SELECT id FROM experiments WHERE ended_ns < ? LIMIT ?)",
+    "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended_ns < ? LIMIT ?)",
+)
+
+_NO_REDACTION = Redactor(())
 _EVENT_INDEX_SIZE = 20_000  # recent event keys (~6 MB): a repeat gets the stored id at once
 _REDIRECT_SIZE = 10_000
 _I64 = 2**63
@@ -131,27 +157,34 @@ class _Shape:
     names: tuple[str, ...]
     prefixes: tuple[str, ...]
     redacted: tuple[bool, ...]
+    omissible: tuple[bool, ...]  # left out when None (OMITTED_WHEN_NONE)
     values: Callable[[Any], tuple]
 
 
 _SHAPES: dict[type, _Shape] = {}
-# Fields that hold podman's or podwarden's vocabulary (ids, states, stream names), never
-# free text: not redacted, so that e.g. a bare 64-hex macaroon pattern cannot erase
-# container ids. Everything else (log lines, excerpts, details, labels, images) is.
-_IDENTIFIER_FIELDS = frozenset({"container_id", "status", "health_status", "health", "stream",
-                                "probe_type", "restart_policy"})
+# What a column holds is not repeated in `data` (schema migration 3), by kind; the reader
+# puts these fields back from the columns.
+COLUMN_FIELDS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "event": ("container_id", "status"),
+    "snapshot": ("container_id",),
+    "log": ("is_error",),
+}
 
 
 def _shape(cls: type) -> _Shape:
     shape = _SHAPES.get(cls)
     if shape is None:
-        names = tuple(sorted(f.name for f in dataclasses.fields(cls)
-                             if f.name not in ("target", "container", "at_ns")))
+        in_columns = ("target", "container", "at_ns", *COLUMN_FIELDS,
+                      *COLUMN_FIELDS_BY_KIND.get(str(cls.kind), ()))
+        names = tuple(sorted(f.name for f in dataclasses.fields(cls) if f.name not in in_columns))
         getter = attrgetter(*names)
         values = getter if len(names) > 1 else (lambda obs, g=getter: (g(obs),))
         prefixes = tuple(_quote(name) + ":" for name in names)
-        redacted = tuple(name not in _IDENTIFIER_FIELDS for name in names)
-        shape = _SHAPES[cls] = _Shape(str(cls.kind), names, prefixes, redacted, values)
+        # identifiers (ids, states, stream names) are podman's vocabulary, never free text:
+        # not redacted, so that e.g. a bare 64-hex pattern cannot erase container ids
+        redacted = tuple(name not in IDENTIFIER_FIELDS for name in names)
+        omissible = tuple(name in OMITTED_WHEN_NONE for name in names)
+        shape = _SHAPES[cls] = _Shape(str(cls.kind), names, prefixes, redacted, omissible, values)
     return shape
 
 
@@ -160,8 +193,11 @@ def _fast_data_json(shape: _Shape, obs: Any, redact: Callable[[str], str] | None
     values, built by hand: json.dumps costs ~4 us per call here and this ~1 us. None
     for a value it does not handle (the caller falls back to json)."""
     parts = []
-    for prefix, redacted, value in zip(shape.prefixes, shape.redacted, shape.values(obs)):
+    for prefix, redacted, omissible, value in zip(shape.prefixes, shape.redacted, shape.omissible,
+                                                  shape.values(obs)):
         kind = type(value)
+        if omissible and value is None:
+            continue
         if kind is str:
             parts.append(prefix + _quote(redact(value) if redact is not None and redacted else value))
         elif kind is bool:
@@ -190,25 +226,34 @@ def _fast_data_json(shape: _Shape, obs: Any, redact: Callable[[str], str] | None
 
 
 def observation_row(obs: Observation, obs_id: int, run_id: int | None,
-                    redactor: Redactor) -> tuple:
-    """The `observations` row for `obs`: its kind-specific fields as redacted JSON."""
+                    redactor: Redactor | None) -> tuple:
+    """The `observations` row for `obs` (`_INSERT_OBS`'s order): its kind-specific fields
+    that have no column of their own as JSON, redacted by `redactor` (None: the caller
+    redacted the observation already, see `Sink`)."""
     shape = _shape(type(obs))
+    if redactor is None:
+        redactor = _NO_REDACTION
     redact = redactor.text if redactor.patterns else None
     text = _fast_data_json(shape, obs, redact)
     if text is None or not _utf8_safe(text):
         data = {name: dict(value) if name == "attributes" else value
-                for name, value in zip(shape.names, shape.values(obs))}
-        text = to_json({name: redactor.value(value) if redacted else value
-                        for (name, value), redacted in zip(data.items(), shape.redacted)})
+                for name, value in zip(shape.names, shape.values(obs))
+                if not (value is None and name in OMITTED_WHEN_NONE)}
+        text = to_json({name: redactor.value(value) if name not in IDENTIFIER_FIELDS else value
+                        for name, value in data.items()})
     kind = shape.kind
-    container_id = status = None
+    container_id = status = seq = is_error = None
     if kind == "event":
         container_id, status = obs.container_id, obs.status
+    elif kind == "log":
+        seq = obs.seq
+        is_error = 1 if obs.is_error else 0
     elif kind == "probe":
         status = "ok" if obs.ok else "fail"
     elif kind == "snapshot":
         container_id = obs.container_id or None
-    return (obs_id, run_id, obs.target, obs.container, container_id, obs.at_ns, kind, status, text)
+    return (obs_id, run_id, obs.target, obs.container, container_id, obs.at_ns, kind, status, seq,
+            is_error, text)
 
 
 @dataclass(slots=True)
@@ -423,13 +468,17 @@ class StoreWriter:
         if self._pending >= self._batch_size:
             self._wake.set()
 
-    def add(self, obs: Observation, run_id: int | None = None) -> int:
+    def add(self, obs: Observation, run_id: int | None = None, *, redacted: bool = False) -> int:
         """Queue an observation; return the id it is stored under.
 
         An event already stored (same target, container id, status and at_ns) is not
         stored again: its existing id is returned when this writer knows it, and otherwise
         (an event from an earlier session) references to the new id are redirected to the
-        stored row at commit. Never blocks; raises StoreClosed / StoreWriteFailed.
+        stored row at commit. A log line already stored (same target, container, at_ns and
+        seq) is dropped at commit. `redacted`: the caller redacted `obs` with this
+        writer's redactor already (text is redacted exactly once: a pattern that is not
+        idempotent would otherwise make the stored text differ from what the machines saw).
+        Never blocks; raises StoreClosed / StoreWriteFailed.
         """
         self._check_open()
         if not -_I64 <= obs.at_ns < _I64:
@@ -442,17 +491,18 @@ class StoreWriter:
                 return known
         obs_id = self._next_obs_id
         self._next_obs_id += 1
-        self._queue.observations.append(observation_row(obs, obs_id, run_id, self.redactor))
+        self._queue.observations.append(observation_row(obs, obs_id, run_id,
+                                                         None if redacted else self.redactor))
         if key is not None:
             self._remember_event(key, obs_id)
         self._queued()
         return obs_id
 
-    async def add_wait(self, obs: Observation, run_id: int | None = None) -> int:
+    async def add_wait(self, obs: Observation, run_id: int | None = None, *, redacted: bool = False) -> int:
         """`add`, first waiting for a commit while `max_pending` rows are queued."""
         if self._pending >= self._max_pending:
             await self.flush()
-        return self.add(obs, run_id)
+        return self.add(obs, run_id, redacted=redacted)
 
     def add_change(self, change: Any, observation_id: int | None, run_id: int | None = None) -> int:
         """Queue a state change (anything with StateChange's attributes); return its id."""
@@ -516,14 +566,15 @@ class StoreWriter:
 
     async def start_run(self, command: str, targets: Iterable[str], config: Mapping[str, Any],
                         *, started_ns: int | None = None) -> int:
-        """Record the start of a run (config snapshot redacted) and return its id, committed."""
+        """Record the start of a run (with its config as given) and return its id, committed."""
         self._check_open()
         run_id = self._next_run_id
         self._next_run_id += 1
         self._queue.runs.append((
             run_id, command, to_json(list(targets)),
             time.time_ns() if started_ns is None else started_ns, None, None,
-            to_json(self.redactor.value(dict(config))), os.getpid(),
+            # as given: redaction is for observed text, not for the user's own settings
+            to_json(dict(config)), os.getpid(),
         ))
         self._queued()
         await self.flush()
@@ -571,15 +622,64 @@ class StoreWriter:
                 "WHERE kind = ? AND target = ? ORDER BY at_ns DESC LIMIT 1", (kind, target))
         return rows[0][0] if rows else None
 
-    async def log_keys_since(self, target: str, since_ns: int) -> set[tuple[str, int, str]]:
-        """The (container, at_ns, line) of `target`'s log lines at or after `since_ns`."""
+    async def log_resume(self, target: str, container: str, recent: int = 50) -> tuple[int, int] | None:
+        """Where a resumed follow of a container's log may start: (offset, newest at_ns).
+
+        Each stored line names a safe place to start (its `resume`, else its `seq`: an
+        offset at which no line was open, so every line begun before it was finished and
+        stored before the lines after it); the newest of these among the `recent` newest
+        stored lines is taken. None when nothing of the container is stored.
+        """
         await self.flush()
         async with self._conn_lock:
             rows = await self._conn.execute_fetchall(
-                "SELECT container, at_ns, json_extract(data, '$.line') FROM observations "
-                "INDEXED BY observations_kind_at WHERE kind = 'log' AND at_ns >= ? AND target = ?",
-                (since_ns, target))
-        return {(container, at_ns, line) for container, at_ns, line in rows}
+                "SELECT at_ns, seq, json_extract(data, '$.resume') FROM observations "
+                "INDEXED BY observations_target_container_at "
+                "WHERE target = ? AND container = ? AND kind = 'log' AND seq IS NOT NULL "
+                "ORDER BY at_ns DESC, id DESC LIMIT ?", (target, container, recent))
+        if not rows:
+            return None
+        offset = max(seq if resume is None else int(resume) for _, seq, resume in rows)
+        return offset, rows[0][0]
+
+    async def log_keys(self, target: str, container: str, since_ns: int,
+                       limit: int = 100_000) -> set[tuple[int, int]]:
+        """The (at_ns, seq) of a container's stored log lines at or after `since_ns` (at most `limit`, newest)."""
+        await self.flush()
+        async with self._conn_lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT at_ns, seq FROM observations INDEXED BY observations_target_container_at "
+                "WHERE target = ? AND container = ? AND at_ns >= ? AND kind = 'log' AND seq IS NOT NULL "
+                "ORDER BY at_ns DESC LIMIT ?", (target, container, since_ns, limit))
+        return {(at_ns, seq) for at_ns, seq in rows}
+
+    async def last_run_end_ns(self, target: str, commands: Iterable[str]) -> int | None:
+        """When the newest finished run of one of `commands` that covered `target` ended."""
+        await self.flush()
+        commands = list(commands)
+        async with self._conn_lock:
+            rows = await self._conn.execute_fetchall(
+                f"SELECT ended_ns, targets FROM runs WHERE ended_ns IS NOT NULL "
+                f"AND command IN ({', '.join('?' * len(commands))}) ORDER BY id DESC LIMIT 200", commands)
+        for ended_ns, targets in rows:
+            try:
+                if target in json.loads(targets):
+                    return ended_ns
+            except ValueError:
+                continue
+        return None
+
+    async def actions_since(self, target: str, since_ns: int, limit: int = 1000
+                            ) -> list[tuple[str, int, str, bool]]:
+        """podwarden's own recorded actions on `target` since `since_ns` (any run), oldest first,
+        at most `limit` (the newest): (container, at_ns, action, dry_run)."""
+        await self.flush()
+        async with self._conn_lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT container, at_ns, json_extract(data, '$.action'), json_extract(data, '$.dry_run') "
+                "FROM observations INDEXED BY observations_kind_at WHERE kind = 'action' AND at_ns >= ? "
+                "AND target = ? ORDER BY at_ns DESC, id DESC LIMIT ?", (since_ns, target, limit))
+        return [(container, at_ns, action or "", bool(dry_run)) for container, at_ns, action, dry_run in reversed(rows)]
 
     async def event_keys_since(self, target: str, since_ns: int) -> set[tuple[str, str, int]]:
         """The (container_id, status, at_ns) of `target`'s events at or after `since_ns`."""
@@ -589,6 +689,147 @@ class StoreWriter:
                 "SELECT container_id, status, at_ns FROM observations INDEXED BY observations_kind_at "
                 "WHERE kind = 'event' AND at_ns >= ? AND target = ?", (since_ns, target))
         return {(cid, status, at_ns) for cid, status, at_ns in rows}
+
+    # -- the writer's idle time: the log text index and retention -----------------------------
+    #
+    # Both run on the writer's own connection, one short transaction per step, taken between
+    # the writer's commits (`_conn_lock` is first come, first served): a commit that arrives
+    # during a step waits for that one step, never for a whole pass. A step runs as a task
+    # awaited through `asyncio.shield`, so a cancelled caller never leaves a transaction open
+    # on the connection the writer commits on.
+
+    async def index_logs(self, *, chunk: int = _INDEX_CHUNK) -> int:
+        """Add the log lines of the next `chunk` committed observation ids to the text index
+        (`log_fts`) in one transaction; return how many ids it covered (0: up to date).
+
+        Raises StoreClosed / StoreWriteFailed, StoreError when the statement fails.
+        """
+        return await self._step(self._index_logs, chunk)
+
+    async def prune(self, before_ns: int, *, chunk: int = _PRUNE_CHUNK) -> int:
+        """Delete up to `chunk` rows older than `before_ns` in one transaction and return how
+        many went (0: nothing older is left).
+
+        Observations and changes go by `at_ns`, then findings by `at_ns`, experiments and
+        runs that ended before `before_ns` (a run or experiment still going is kept).
+        Raises StoreClosed / StoreWriteFailed, StoreError when the statement fails.
+        """
+        return await self._step(self._prune, before_ns, chunk)
+
+    async def maintain(self, keep_ns: int | None = None, *, interval: float = 5.0,
+                       step_seconds: float = 0.02, now_ns: Callable[[], int] = time.time_ns) -> None:
+        """Tidy the store in the writer's idle time until the writer closes: index new log
+        lines for text search and, with `keep_ns`, delete what is older than `keep_ns`
+        before `now_ns()` (retention: `keep = "30d"`).
+
+        Meant to run in the task group that owns the writer; returns once the writer is
+        closing. A step runs only while the writer is not committing and has less than a
+        batch queued, and aims at `step_seconds` (its chunk grows and shrinks to fit); after
+        a pass with nothing left to do it sleeps `interval` seconds. Raises StoreWriteFailed
+        or StoreError when a step fails (the writer itself keeps going).
+        """
+        if keep_ns is not None and keep_ns <= 0:
+            raise ValueError(f"keep_ns must be positive, not {keep_ns}")
+        chunks = {"prune": _PRUNE_CHUNK // 4, "index": _INDEX_CHUNK // 4}
+        try:
+            while not self._stopping:
+                did = 0
+                if keep_ns is not None:
+                    did += await self._tuned_step(
+                        chunks, "prune", lambda n: self.prune(now_ns() - keep_ns, chunk=n), step_seconds)
+                # FTS5 pays per transaction: its steps may take longer
+                did += await self._tuned_step(
+                    chunks, "index", lambda n: self.index_logs(chunk=n), step_seconds * 2.5)
+                if not did:
+                    await self._idle_sleep(interval)
+        except StoreClosed:
+            return  # closed between the check and the step
+
+    async def _tuned_step(self, chunks: dict[str, int], name: str,
+                          step: Callable[[int], Any], seconds: float) -> int:
+        await self._wait_idle()
+        if self._stopping:
+            return 0
+        started = time.perf_counter()
+        done = await step(chunks[name])
+        took = time.perf_counter() - started
+        if done and took > seconds:
+            chunks[name] = max(_MIN_CHUNK, chunks[name] // 2)
+        elif done and took < seconds / 2:
+            chunks[name] = min(_MAX_CHUNK, chunks[name] * 2)
+        return done
+
+    async def _wait_idle(self) -> None:
+        """Until the writer is between commits with less than a batch queued (or closing)."""
+        while not self._stopping and (
+                self._pending >= self._batch_size
+                or (self._inflight is not None and not self._inflight.done())):
+            await asyncio.sleep(self._flush_interval / 4)
+
+    async def _idle_sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, seconds))
+
+    async def _step(self, body: Callable[..., Any], *args: Any) -> int:
+        self._check_open()
+        task = asyncio.ensure_future(body(*args))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([task])  # the transaction ends (commit or rollback) first
+            raise
+
+    async def _transaction(self, statements: Callable[[aiosqlite.Connection], Any]) -> Any:
+        async with self._conn_lock:
+            if self._stopping:  # the connection closes behind the final commit
+                raise StoreClosed(str(self.path))
+            conn = self._conn
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                result = await statements(conn)
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await conn.rollback()
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(str(self.path), f"maintenance failed: {exc}") from None
+                raise
+            return result
+
+    async def _index_logs(self, chunk: int) -> int:
+        async def statements(conn: aiosqlite.Connection) -> int:
+            ((upto,),) = await conn.execute_fetchall(
+                "SELECT value FROM store_state WHERE key = 'fts_indexed_upto'")
+            ((first,),) = await conn.execute_fetchall("SELECT min(id) FROM observations WHERE id > ?", (upto,))
+            if first is None:
+                return 0
+            ((last,),) = await conn.execute_fetchall("SELECT max(id) FROM observations")
+            end = min(last, first - 1 + chunk)  # from the next stored id: gaps cost nothing
+            await conn.execute(
+                "INSERT INTO log_fts (rowid, line) SELECT id, json_extract(data, '$.line') "
+                # NOT INDEXED: by id range; SQLite would walk every log line of kind_at
+                "FROM observations NOT INDEXED WHERE id > ? AND id <= ? AND kind = 'log'", (upto, end))
+            await conn.execute("UPDATE store_state SET value = ? WHERE key = 'fts_indexed_upto'", (end,))
+            return end - upto
+
+        return await self._transaction(statements)
+
+    async def _prune(self, before_ns: int, chunk: int) -> int:
+        async def statements(conn: aiosqlite.Connection) -> int:
+            deleted = 0
+            for sql in _PRUNE_STATEMENTS:
+                cursor = await conn.execute(sql, (before_ns, chunk - deleted))
+                deleted += max(cursor.rowcount, 0)
+                if deleted >= chunk:
+                    break
+            return deleted
+
+        return await self._transaction(statements)
 
     # -- the writer task -----------------------------------------------------------------
 
@@ -666,8 +907,8 @@ class StoreWriter:
         stored = {r[0] for r in await self._conn.execute_fetchall(
             "SELECT id FROM observations WHERE id BETWEEN ? AND ?", (rows[0][_ID], rows[-1][_ID]))}
         for row in rows:
-            if row[_ID] in stored:
-                continue
+            if row[_ID] in stored or row[_KIND] != "event":
+                continue  # a log line already stored is simply dropped: nothing refers to it
             found = await self._conn.execute_fetchall(
                 "SELECT id FROM observations WHERE kind = 'event' AND target = ? "
                 "AND container_id = ? AND status = ? AND at_ns = ?",

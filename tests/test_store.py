@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncio
 import os
 import sqlite3
@@ -188,7 +190,11 @@ def test_same_event_twice_is_one_row_and_other_keys_are_not(tmp_path: Path) -> N
             other_status = writer.add(event(BASE, "died"))
             other_time = writer.add(event(BASE + 1))
             other_container = writer.add(event(BASE, cid="b" * 64))
-            same_line_twice = [writer.add(log(1, "same")), writer.add(log(1, "same"))]
+            # two identical lines in one stamp are two lines (their seq differs); the same
+            # line read twice (same seq) is one
+            same_line_twice = [writer.add(replace(log(1, "same"), seq=0)),
+                               writer.add(replace(log(1, "same"), seq=1)),
+                               writer.add(replace(log(1, "same"), seq=1))]
             return [first, again, after_flush, other_status, other_time, other_container,
                     *same_line_twice]
 
@@ -198,7 +204,7 @@ def test_same_event_twice_is_one_row_and_other_keys_are_not(tmp_path: Path) -> N
     rows = raw(db, "SELECT id, status, at_ns FROM observations WHERE kind = 'event' ORDER BY id")
     assert rows == [(ids[0], "start", BASE), (ids[3], "died", BASE), (ids[4], "start", BASE + 1),
                     (ids[5], "start", BASE)]
-    assert raw(db, "SELECT count(*) FROM observations WHERE kind = 'log'") == [(2,)]
+    assert raw(db, "SELECT seq FROM observations WHERE kind = 'log' ORDER BY id") == [(0,), (1,)]
 
 
 def test_backfill_across_sessions_is_idempotent_and_changes_follow(tmp_path: Path) -> None:
@@ -232,6 +238,9 @@ def test_ids_returned_by_add_are_the_stored_ids(tmp_path: Path) -> None:
         ActionObs("node1", "lnd", BASE + 5, "restart", "experiment 1"),
         AgentObs("node1", "", BASE + 6, "connected"),
     ] * 3
+    # the same line three times in one stamp: three lines, told apart by their place
+    observations = [replace(obs, seq=index) if isinstance(obs, LogObs) else obs
+                    for index, obs in enumerate(observations)]
 
     async def write() -> tuple[int, list[int]]:
         async with StoreWriter.open(db, [], batch_size=4) as writer:
@@ -294,8 +303,7 @@ def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
 
     async def write() -> None:
         async with StoreWriter.open(db, PATTERNS) as writer:
-            run_id = await writer.start_run("watch", ["node1"], {"targets": {"node1": {
-                "env": "rpcpassword=hunter2rpc"}}})
+            run_id = await writer.start_run("watch", ["node1"], {"redaction": {"patterns": PATTERNS}})
             for i, line in enumerate(lines):
                 writer.add(log(i, line), run_id)
             writer.add(ProbeObs("node1", "lnd", BASE, "rpc", "http", False,
@@ -340,7 +348,8 @@ def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
     assert finding.message == "healthcheck failed: rpcpassword=[REDACTED] rejected"
     assert finding.evidence == ["Authorization: Bearer [REDACTED]", {"line": "macaroon=[REDACTED]"}]
     assert experiment.steps == [{"out": "password=[REDACTED]"}] and experiment.verdict == "pass"
-    assert config == {"targets": {"node1": {"env": "rpcpassword=[REDACTED]"}}}
+    # the config is the user's own: stored as given (its redaction patterns must not be eaten)
+    assert config == {"redaction": {"patterns": list(PATTERNS)}}
 
 
 def test_redaction_without_groups_replaces_the_whole_match(tmp_path: Path) -> None:
@@ -396,7 +405,7 @@ def test_reader_pages_across_many_rows_with_equal_times(tmp_path: Path) -> None:
     containers = ["bitcoind", "lnd", "electrs"]
     # 12,000 rows; 7 share each at_ns, so page boundaries fall inside equal times; out of order.
     observations = [LogObs("node1" if i % 5 else "node2", containers[i % 3], BASE + (i // 7) * 3 % 5000,
-                           f"line {i}") for i in range(12_000)]
+                           f"line {i}", seq=i) for i in range(12_000)]
 
     async def write() -> list[int]:
         async with StoreWriter.open(db, []) as writer:
