@@ -588,6 +588,8 @@ class GeneralConfig(_Strict):
     default_target: str = "local"
     db: str = "podwarden.db"
     reports: str = "reports"
+    # retention: observations, changes and ended runs older than this are deleted while recording
+    keep: Annotated[Duration, Field(gt=0)] = 30 * 86400.0
 
 
 class Config(_Strict):

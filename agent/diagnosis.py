@@ -166,8 +166,23 @@ class Death:
     restarted: bool = False  # the restart policy restarted it (its `restart` event follows the `died`)
 
 
-# a death up to this long after one of podwarden's own actions on the container is that action's
-OWN_ACTION_SLACK_NS = 15 * NS_PER_S
+# a death at most this long after one of podwarden's own death-causing actions on the container
+# (a crash, a stop, a kill, a restart) can be that action's: a stop waits out the container's stop
+# timeout first (bitcoind's can be minutes)
+OWN_ACTION_LIMIT_NS = 300 * NS_PER_S
+
+
+def ours(deaths: Sequence[Death], caused: Sequence[int]) -> set[int]:
+    """The times of the deaths podwarden's own actions caused: each action (its time, in
+    `caused`) claims the first death after it that no earlier action claimed, within
+    OWN_ACTION_LIMIT_NS. One action, one death: a loop that follows is the container's own."""
+    claimed: set[int] = set()
+    times = sorted(d.at_ns for d in deaths)
+    for at in sorted(caused):
+        death = next((t for t in times if t >= at and t not in claimed), None)
+        if death is not None and death - at <= OWN_ACTION_LIMIT_NS:
+            claimed.add(death)
+    return claimed
 
 
 def deaths_from_events(events: Iterable[EventObs]) -> dict[str, list[Death]]:
@@ -296,6 +311,8 @@ class Evidence:
     past: bool = False  # the evidence of an earlier run that died (see `recovered_incident`)
     # deaths no user asked for within the crash-loop window before now (None: podman's events unread)
     recent_deaths: int | None = None
+    death_ours: bool = False  # the death before the present was caused by podwarden's own action (an experiment)
+    past_deaths: int | None = None  # deaths in podman's events read (not podwarden's); None: unread
 
     @classmethod
     def build(cls, target: str, container: str, facts: InspectFacts | None, *, expected_state: str | None = None,
@@ -350,7 +367,9 @@ class Evidence:
                    earlier, tuple(r for r in earlier if is_error(r.text)), reason,
                    death.at_ns if death is not None else 0, death.exit_code if death is not None else None,
                    death_lines, first_error, now_ns, timing,
-                   recent_deaths=cls._recent_deaths(deaths, now_ns, timing, caused) if deaths_read else None)
+                   recent_deaths=cls._recent_deaths(deaths, now_ns, timing, caused) if deaths_read else None,
+                   death_ours=death is not None and death.at_ns in ours(deaths, caused),
+                   past_deaths=(len(deaths) - len(ours(deaths, caused))) if deaths_read else None)
 
     @staticmethod
     def _recent_deaths(deaths: Sequence[Death], now_ns: int, timing: Timing, caused: Sequence[int] = ()) -> int | None:
@@ -367,10 +386,8 @@ class Evidence:
         if not now_ns:
             return None
 
-        def ours(death: Death) -> bool:
-            return any(0 <= death.at_ns - at <= OWN_ACTION_SLACK_NS for at in caused)
-
-        return sum(1 for d in deaths if d.restarted and d.user_action is None and not ours(d)
+        mine = ours(deaths, caused)
+        return sum(1 for d in deaths if d.restarted and d.user_action is None and d.at_ns not in mine
                    and d.at_ns >= now_ns - timing.crashloop_window_ns)
 
     @staticmethod
@@ -720,7 +737,7 @@ BUILTIN_RULES: tuple[dict[str, Any], ...] = (
             {"facts": {"crash_looping": True}},
             {"facts": {"running": False, "exit_code": "!=0", "restart_count": ">=1"}},
         ],
-        "message": "{container} is crash-looping: restarted {restart_count} times (now {status}); "
+        "message": "{container} is crash-looping: {loop_deaths} (now {status}); "
                    "its last death: {death}",
         "cause": "the main process dies each time it starts, and its restart policy ({restart_policy}) "
                  "{restart_policy_means}; the last death: {death}",
@@ -820,7 +837,7 @@ BUILTIN_RULES: tuple[dict[str, Any], ...] = (
 )
 
 MESSAGE_FIELDS = (
-    "container", "status", "exit_code", "restart_count", "restart_policy", "restart_policy_means", "image",
+    "container", "status", "exit_code", "restart_count", "loop_deaths", "restart_policy", "restart_policy_means", "image",
     "mount", "ro_mount", "memory_limit", "first_match", "first_error", "last_error", "last_line", "error_count",
     "error_lines", "health", "health_output", "health_exit", "health_failures", "health_retries", "probe_detail",
     "death", "death_cause", "oom_proof",
@@ -968,6 +985,9 @@ def _message_fields(ev: Evidence, hit: _Hit, unexplained: Sequence[str]) -> dict
         status=ev.fact("status") if facts else "missing",
         exit_code=ev.fact("exit_code") if facts else "?",
         restart_count=facts.restart_count if facts else 0,
+        loop_deaths=(f"died {_times(ev.recent_deaths)} in {format_span(ev.timing.crashloop_window_ns / NS_PER_S)}"
+                     if ev.recent_deaths is not None else
+                     f"restarted {_times(facts.restart_count)}" if facts else "?"),
         restart_policy=restart_policy_spelled(facts) if facts else "?",
         restart_policy_means=restart_policy_means(facts) if facts else "?",
         image=facts.image if facts else "?",
@@ -1133,11 +1153,13 @@ def recovered_incident(ev: Evidence, rules: Sequence[Rule]) -> Finding | None:
     Deaths are counted by the restart policy's restarts; the cause is the first specific
     rule that matches the earlier runs' lines (as if the container were down), else the
     death's own reason. Returns None while the container is failing (the present
-    findings say it) or when nothing happened.
+    findings say it), when nothing happened, or when podwarden's own action caused the death.
     """
     facts = ev.facts
     if facts is None or not ev.running or ev.failing:
         return None
+    if ev.death_ours:
+        return None  # podwarden's own experiment: its verdict reports the death and the recovery
     past = dataclasses.replace(ev, lines=tuple(r.text for r in ev.earlier),
                                error_lines=tuple(r.text for r in ev.earlier_errors),
                                health=(), probes=(), past=True)
@@ -1149,13 +1171,16 @@ def recovered_incident(ev: Evidence, rules: Sequence[Rule]) -> Finding | None:
         if finding is not None:
             cause_rule, cause = rule, finding
             break
-    if facts.restart_count < 1 and cause is None:
+    # deaths as podman's events tell them (RestartCount adds up every run since creation, and
+    # `podman start` sets it to 0); without the events, RestartCount stands in
+    deaths = ev.past_deaths if ev.past_deaths is not None else facts.restart_count
+    if deaths < 1 and cause is None:
         return None
     stamps = [r.at_ns for r in ev.earlier_errors] or ([ev.death_at_ns] if ev.death_at_ns else [])
     if not stamps and ev.earlier:
         stamps = [ev.earlier[-1].at_ns]
-    if facts.restart_count:
-        what = f"it died {_times(facts.restart_count)}"
+    if deaths:
+        what = f"it died {_times(deaths)}"
     else:
         what = "it failed"
     when = ""
@@ -1187,7 +1212,7 @@ def recovered_incident(ev: Evidence, rules: Sequence[Rule]) -> Finding | None:
         reason = ("before its current start the container died (podman kept no exit code of it) and its restart "
                   "policy brought it back")
         fix = "nothing now; if it comes back, read `podman logs` around the deaths"
-    incident: dict[str, Any] = {"deaths": facts.restart_count}
+    incident: dict[str, Any] = {"deaths": deaths}
     if stamps:
         incident.update({"from": format_when(min(stamps)), "to": format_when(max(stamps)),
                          "from_ns": min(stamps), "to_ns": max(stamps)})

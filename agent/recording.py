@@ -22,12 +22,13 @@ from importlib import metadata
 from typing import Any, AsyncIterator
 
 import anyio
+from loguru import logger
 
 from agent.config import Config
 from agent.errors import TargetUnreachable
 from agent.sink import Sink
 from machines.container import Fleet, MachineSettings
-from store import Redactor, StoreWriter
+from store import Redactor, StoreError, StoreWriter
 
 _S = 1_000_000_000
 
@@ -79,6 +80,28 @@ class Recording:
             await self.store.flush()
 
 
+async def _maintain(store: StoreWriter, keep_ns: int) -> None:
+    """The store's upkeep while a verb records: the text index of new log lines, and
+    retention ([podwarden] keep), in the writer's idle time. A failed step is logged, never
+    fatal to the verb (the writer reports its own failures)."""
+    try:
+        await store.maintain(keep_ns)
+    except StoreError as exc:
+        logger.warning("store upkeep stopped: {}", exc)
+
+
+async def _recall_actions(rec: Recording) -> None:
+    """The sink learns podwarden's recent actions on the run's targets from earlier runs, so a
+    check tells the deaths an earlier experiment caused from the node's own (as far back as a
+    check reads deaths: the crash-loop window and the stable period, and the stop timeout)."""
+    machine = rec.config.machine
+    since = rec.started_ns - int((machine.crashloop_window + machine.stable_period + 300) * _S)
+    for target in rec.targets:
+        for container, at_ns, action, dry_run in await rec.store.actions_since(target, since):  # type: ignore[union-attr]
+            if not dry_run:
+                rec.sink.remember_action(target, container, at_ns, action)
+
+
 @asynccontextmanager
 async def recording(config: Config, command: str, targets: list[str], db: str | None,
                     *, flush_interval: float | None = None) -> AsyncIterator[Recording]:
@@ -91,13 +114,17 @@ async def recording(config: Config, command: str, targets: list[str], db: str | 
         store = await StoreWriter.open(db, config.redaction.patterns,
                                        flush_interval=flush_interval or config.watch.flush_interval)
     run_id = None
+    upkeep: asyncio.Task | None = None
     try:
         if store is not None:
             run_id = await store.start_run(command, targets, config_snapshot(config))
+            upkeep = asyncio.create_task(_maintain(store, int(config.podwarden.keep * _S)), name="store upkeep")
         fleet = Fleet(machine_settings(config))
         redactor = store.redactor if store is not None else Redactor(config.redaction.patterns)
         rec = Recording(config, command, list(targets), store, run_id, fleet,
                         Sink(fleet, store, run_id, redactor=redactor), time.time_ns())
+        if store is not None:
+            await _recall_actions(rec)
         ending = "error"
         try:
             yield rec
@@ -119,6 +146,10 @@ async def recording(config: Config, command: str, targets: list[str], db: str | 
             raise
         finally:
             fleet.close()
+            if upkeep is not None:
+                upkeep.cancel()  # each of its steps is shielded: no transaction is left open
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(upkeep, return_exceptions=True)
             if store is not None and run_id is not None:
                 with anyio.CancelScope(shield=True):  # a Ctrl-C must not leave the run without an end
                     await store.end_run(run_id, ending)

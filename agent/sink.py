@@ -27,6 +27,12 @@ TIMEOUT_REPORTS = 10
 ACTIONS_KEPT = 100  # per container
 
 
+def causes_death(action: str) -> bool:
+    """An action of podwarden's that ends the container's run: an experiment's crash, a stop,
+    kill or restart (through podman or a hook)."""
+    return action == "crash" or any(word in action for word in ("stop", "kill", "restart"))
+
+
 @dataclass
 class Sink:
     """Where observations go: redaction (once), the store (if any), the machines, callbacks.
@@ -45,7 +51,8 @@ class Sink:
     on_finding: list[FindingCallback] = field(default_factory=list)
     redactor: object | None = None  # store.Redactor; defaults to the store's
     changes: list[StateChange] = field(default_factory=list)  # every change made, in order
-    # podwarden's own recent actions per (target, container): their times (a check tells the deaths they caused)
+    # podwarden's own recent death-causing actions per (target, container): their times (a check
+    # tells the deaths they caused from the container's own)
     actions: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
     _timeouts_seen: int = 0
 
@@ -65,8 +72,8 @@ class Sink:
             self._report_timeouts(obs)
         obs_id = (self.store.add(obs, self.run_id, redacted=True)  # type: ignore[attr-defined]
                   if self.store is not None else None)
-        if obs.kind == Kind.ACTION and obs.container and not obs.dry_run:  # type: ignore[union-attr]
-            self.actions.setdefault((obs.target, obs.container), deque(maxlen=ACTIONS_KEPT)).append(obs.at_ns)
+        if obs.kind == Kind.ACTION and not obs.dry_run:  # type: ignore[union-attr]
+            self.remember_action(obs.target, obs.container, obs.at_ns, obs.action)  # type: ignore[union-attr]
         changes = self.fleet.feed(obs)
         for change in changes:
             self.changes.append(change)
@@ -79,6 +86,11 @@ class Sink:
         for fed in self.on_fed:
             fed(obs, changes, obs_id)
         return changes
+
+    def remember_action(self, target: str, container: str, at_ns: int, action: str) -> None:
+        """Keep the time of one of podwarden's own actions that ends a container's run (bounded)."""
+        if container and causes_death(action):
+            self.actions.setdefault((target, container), deque(maxlen=ACTIONS_KEPT)).append(at_ns)
 
     def add_finding(self, finding: Any, at_ns: int) -> None:
         """Store a finding (shaped like agent.diagnosis.Finding) with the run, and pass it on (hooks)."""

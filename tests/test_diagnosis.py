@@ -24,6 +24,7 @@ from agent.diagnosis import (
     fact_holds,
     image_tag,
     keeps_dac_override,
+    recovered_incident,
     rules_for,
 )
 from agent.errors import ConfigError
@@ -638,6 +639,14 @@ def test_a_crash_loop_counts_the_policy_restarts_in_the_window_not_ours_nor_old_
     assert not looping(old + crash[:2]), "old deaths outside the window are history"
     assert not looping(stops + crash[:2]), "a death nothing restarted is no loop"
     assert not looping(crash, caused=(crash[0].at_ns - 1_000_000,)), "a death podwarden caused is not the loop's"
+    # one action, one death: the loop that follows our crash is the container's own
+    four = [*crash, Death(now - 40_000_000_000, 1, None, restarted=True)]
+    assert looping(four, caused=(four[-1].at_ns - 1_000_000,))
+    assert looping(four, caused=(four[-1].at_ns - 400_000_000_000,)), "a death long after an action is not ours"
+    # the death before the present start was ours: no recovered incident of it
+    ours = Evidence.build("node1", node.name, node, deaths=crash[:1], now_ns=now, deaths_read=True,
+                          caused=(crash[0].at_ns - 1_000_000,))
+    assert ours.death_ours and recovered_incident(ours, RULES) is None
     # podman's events unread: RestartCount stands in
     assert Evidence.build("node1", node.name, node, now_ns=now).crash_looping
 

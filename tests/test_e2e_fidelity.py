@@ -144,6 +144,9 @@ def test_four_user_restarts_make_no_crash_loop(image: str, sshd: SshServer, tmp_
     agent = Agent(sshd, cfg, db, "restarts").start()
     agents.append(agent)
     agent.wait_connected()
+    # the watch's first sight of it (its first snapshot) must come before the restarts: a
+    # snapshot taken during one sees `exited` with nothing known before it
+    wait_for(lambda: any(c[2] == "running" for c in changes(db, "fid-restart")), 30, "fid-restart first seen")
     since = time.time_ns()
     for _ in range(4):
         podman("restart", "fid-restart")
