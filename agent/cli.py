@@ -10,6 +10,7 @@ raises on purpose. With --json every outcome, errors included, is one JSON docum
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import sys
@@ -608,38 +609,343 @@ def soak(opts: Options, duration: str | None, all_targets: bool) -> int:
     return EXIT_OK if outcome.verdict == "pass" else EXIT_FAIL
 
 
+# ---------------------------------------------------------------- run
+
+@cli.command("run")
+@click.option("--soak-for", "soak_for", default=None, metavar="DURATION",
+              help="How long the soak lasts (default [soak] duration: 5m).")
+@click.option("--skip", "skip", multiple=True, type=click.Choice(["experiments", "check", "soak"]),
+              help="Leave a stage out (repeatable).")
+@click.option("--only", "kinds", multiple=True, type=click.Choice(["restart", "cascade", "service"]),
+              help="Run only these kinds of experiment (repeatable; default all three).")
+@click.option("--hold", default=None, metavar="DURATION", help="How long a cascade's upstream stays down.")
+@click.option("--recovery", default=None, metavar="DURATION", help="How long a cascade may take to recover.")
+@click.option("--fail-fast", is_flag=True, help="Stop the plan at the first failed stage or experiment.")
+@click.option("--report-dir", default=None, type=click.Path(file_okay=False),
+              help="Where the report goes (default [podwarden] reports: ./reports).")
+@common_options
+def run_plan(opts: Options, soak_for: str | None, skip: tuple[str, ...], kinds: tuple[str, ...], hold: str | None,
+             recovery: str | None, fail_fast: bool, report_dir: str | None) -> int:
+    """The whole overnight plan as one run: baseline check, experiments, check, soak, status, report.
+
+    Every experiment the config allows (a crash of each container expected up, a cascade
+    of each container others depend on, a hard kill of each service with a
+    kill_command), then the check again, the soak, the final status; recorded as one run
+    and reported as Markdown and HTML in the reports folder. A failed stage does not stop
+    the plan unless --fail-fast.
+
+    \b
+    Example:
+      podwarden run                                  # the night, with the config's durations
+      podwarden run --soak-for 10m --only restart --json
+      podwarden run --skip experiments --soak-for 1h # a quiet night: check and soak only
+    Exit 0 every stage passed, 1 a stage failed, 3 unreachable, 130 interrupted.
+    """
+    from agent.experiment import ExperimentInterrupted
+    from agent.run import run as verb
+    from agent.stopping import install_stop_signals
+
+    config = opts.load_config()
+    target = opts.target_for(config)
+    db = opts.db_path(config)
+    soak_s = seconds_of("--soak-for", soak_for)
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        undo = install_stop_signals(stop)
+        try:
+            return await verb(config, target, db, soak_s=soak_s, skip=skip, kinds=kinds or ("restart", "cascade",
+                              "service"), hold_s=seconds_of("--hold", hold),
+                              recovery_s=seconds_of("--recovery", recovery), fail_fast=fail_fast,
+                              dry_run=opts.dry_run, report_dir=report_dir, stop=stop, progress=progress)
+        finally:
+            undo()
+
+    try:
+        outcome = run_async(go())
+    except ExperimentInterrupted as exc:
+        err.print(Text(f"interrupted while waiting for {exc}: rolled back what the experiment stopped; "
+                       f"stored as an interrupted run in {db}"))
+        if opts.json:
+            opts.emit({"verdict": "interrupted", "error": {"kind": "interrupted", "exit_code": 130,
+                                                           "message": f"interrupted while waiting for {exc}"}})
+        return 130
+    if opts.json:
+        opts.emit(outcome.to_json())
+    else:
+        out.print(render.run_outcome(outcome))
+        err.print(f"stored as run {outcome.run_id} in {db}", markup=False)
+    return _run_exit(outcome)
+
+
+def _run_exit(outcome: Any) -> int:
+    """`run` and `demo`: 130 interrupted, 3 the target lost (said on stderr), 0 pass (or a
+    rehearsal), else 1."""
+    if outcome.report_error:
+        err.print(Text(f"podwarden: warning: {outcome.report_error}"))
+    if outcome.interrupted:
+        return 130
+    if outcome.unreachable is not None:
+        sys.stderr.write(f"podwarden: error: {outcome.unreachable.message}\n")
+        return outcome.unreachable.exit_code
+    return EXIT_OK if outcome.verdict in ("pass", "dry-run") else EXIT_FAIL
+
+
+# ---------------------------------------------------------------- report
+
+@cli.command()
+@click.option("--run", "run_id", type=int, default=None, help="Which run (default: the newest `run`, else the newest).")
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default=None,
+              help="md (default), html or json; with -o, the file's suffix says it unless given.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
+@common_options
+def report(opts: Options, run_id: int | None, fmt: str | None, output: str | None) -> int:
+    """The morning report of a run, from the store alone: what broke, when, why, and whether it recovered.
+
+    The Issue Log (each finding with cause, fix and evidence), the probes, every
+    experiment's and the soak's verdict, the remediation actions, each container's final
+    state, and a timeline (a lane per container coloured by state, deaths, drift, actions
+    and findings marked; in HTML each mark shows its evidence on hover).
+
+    \b
+    Example:
+      podwarden report                       # the newest run, Markdown on stdout
+      podwarden report --run 7 --format html -o night.html
+      podwarden report --format json | jq '.findings[] | {container, rule, cause}'
+    Exit 0 the run passed; 1 it did not, is unfinished, or there is no such run.
+    """
+    from agent import report as morning
+
+    opts.never_acts("report")
+    if fmt is None:
+        suffix = Path(output).suffix.lower().lstrip(".") if output else ""
+        fmt = {"htm": "html", "html": "html", "json": "json"}.get(suffix, "md")
+    config = opts.load_config()
+    db = opts.db_path(config)
+    built = morning.load(db, run_id)
+    if output:
+        try:
+            path = morning.write(built, fmt, output)
+        except OSError as exc:
+            raise UsageError(f"report -o {output}: cannot write it: {exc.strerror or exc}") from None
+        err.print(f"run {built.run['id']} ({built.run['command']}, {built.verdict}): {path}", markup=False)
+    elif opts.json and fmt != "json":
+        opts.emit(built.to_json())
+    else:
+        sys.stdout.write(morning.render(built, fmt))
+        opts.printed = True
+    return EXIT_OK if built.verdict == "pass" else EXIT_FAIL
+
+
+# ---------------------------------------------------------------- query
+
+@cli.command()
+@click.argument("subject", metavar="SUBJECT")
+@click.argument("sql", required=False, metavar="[SQL]")
+@click.option("--container", "containers", multiple=True, help="Only this container (repeatable).")
+@click.option("--kind", "kinds", multiple=True, help="Subject's kind: event status, stream, rule, command... (repeatable).")
+@click.option("--status", "statuses", multiple=True, help="Subject's status: event status, new state, severity, verdict.")
+@click.option("--since", default=None, metavar="TIME", help="From this time: 2026-11-30T02:00:00Z, '2026-11-30 02:00' (UTC) or 2h (ago).")
+@click.option("--until", default=None, metavar="TIME", help="Before this time (same forms).")
+@click.option("--run", "run_ids", type=int, multiple=True, help="Only rows of this run (repeatable).")
+@click.option("--grep", default=None, metavar="REGEX", help="logs: lines this regular expression matches.")
+@click.option("--errors", is_flag=True, help="logs: only lines the container's error patterns matched.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most this many rows (default: 100 in a table, all with --json/--csv; 0 = all).")
+@click.option("--newest-first", is_flag=True, help="Newest rows first.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row instead of a table.")
+@common_options
+def query(opts: Options, subject: str, sql: str | None, containers: tuple[str, ...],
+          kinds: tuple[str, ...], statuses: tuple[str, ...], since: str | None, until: str | None,
+          run_ids: tuple[int, ...], grep: str | None, errors: bool, limit: int | None, newest_first: bool,
+          as_csv: bool) -> int:
+    """Read the store: a SUBJECT with filters, or `sql "SELECT ..."` (read-only).
+
+    --target NAME keeps the rows of that target (nothing is asked of it).
+
+    \b
+    Subjects:
+    {subjects}
+
+    \b
+    Example:
+      podwarden query changes --since 8h --status exited --status crashlooping
+      podwarden query logs --container tb-indexer --errors --since '2026-11-30 02:00'
+      podwarden query logs --grep 'connection (refused|reset)' --limit 20 --newest-first
+      podwarden query findings --run 7 --json | jq '.[] | {{container, rule, cause}}'
+      podwarden query sql "SELECT container, count(*) FROM changes WHERE to_state = 'exited' GROUP BY 1"
+    Exit 0 (also for no rows), 1 a query the store refuses (a write, bad SQL, a bad --grep
+    regex, a filter the subject does not have), 2 bad usage.
+    """
+    from agent import query as verb
+    from store import StoreReader
+    from store.query import Filters
+
+    opts.never_acts("query")
+    if opts.json and as_csv:
+        raise UsageError("query: --json or --csv, not both")
+    config = opts.load_config()
+    db = opts.db_path(config)
+    table_limit = None
+    if subject == "sql":
+        if not sql:
+            raise UsageError('query sql: give the statement, e.g. podwarden query sql "SELECT * FROM runs"')
+        given = [name for name, value in (("--target", opts.target), ("--container", containers), ("--kind", kinds),
+                                          ("--status", statuses), ("--since", since), ("--until", until),
+                                          ("--run", run_ids), ("--grep", grep), ("--errors", errors),
+                                          ("--newest-first", newest_first)) if value]
+        if given:
+            raise UsageError(f"query sql: {', '.join(given)} filter subjects; put the condition in the SQL")
+    elif sql is not None:
+        raise UsageError(f"query {subject}: unexpected argument {sql!r} (only `query sql` takes SQL)")
+    else:
+        filters = Filters(target=opts.target, container=containers or None, kind=kinds or None,
+                          status=statuses or None, since_ns=verb.parse_when("--since", since),
+                          until_ns=verb.parse_when("--until", until), run_id=run_ids or None, grep=grep,
+                          errors=True if errors else None, newest_first=newest_first,
+                          limit=(limit or None) if (opts.json or as_csv or limit is not None) else None)
+    if not (opts.json or as_csv):
+        table_limit = 100 if limit is None else (limit or None)
+    with StoreReader(db) as reader:
+        if subject == "sql":
+            answer = verb.user_sql(reader, sql or "", limit=table_limit + 1 if table_limit else limit)
+        else:
+            if table_limit:
+                filters = dataclasses.replace(filters, limit=table_limit + 1)
+            answer = verb.select(reader, subject, filters)
+        if opts.json:
+            opts.printed = True  # the array is closed even on an error: one document either way
+            verb.write_json(answer, sys.stdout)
+        elif as_csv:
+            verb.write_csv(answer, sys.stdout)
+        else:
+            columns, rows, more = verb.page(subject, answer, table_limit or (1 << 62))
+            out.print(render.query_table(subject, columns, rows, more))
+    return EXIT_OK
+
+
+def _subjects_help() -> str:
+    from store.query import SUBJECTS
+
+    # continuation lines carry the docstring's own indent: click dedents the help as a whole
+    return "\n    ".join(f"  {name:<12} {spec.help}" for name, spec in SUBJECTS.items())
+
+
+query.help = (query.help or "").format(subjects=_subjects_help())
+
+
+# ---------------------------------------------------------------- replay
+
+@cli.command()
+@click.option("--run", "run_id", type=int, default=None, help="Replay this run (default: the newest, unless --since/--until).")
+@click.option("--since", default=None, metavar="TIME", help="Replay a window from this time (a soak's, say): 2026-11-30T02:00:00Z or 2h.")
+@click.option("--until", default=None, metavar="TIME", help="... up to this time.")
+@click.option("--soak", "soak_run", type=int, default=None, metavar="RUN",
+              help="Replay the soak window of this run (its stored start and end).")
+@click.option("--verify", is_flag=True, help="Compare with the changes stored live: exit 1 at the first difference.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+              help="Pace the changes at N times the speed they happened (gaps capped at 5s); default: at once.")
+@common_options
+def replay(opts: Options, run_id: int | None, since: str | None, until: str | None, soak_run: int | None,
+           verify: bool, speed: float | None) -> int:
+    """Replay stored observations through fresh state machines: the night again, change by change.
+
+    A run replays from its first observation, with the machine settings it was recorded
+    with, and --verify proves the replay makes exactly the changes stored live. A window
+    (--since/--until, or --soak RUN) starts from each container's newest snapshot before
+    it. --target NAME keeps one target's observations (nothing is asked of it).
+
+    \b
+    Example:
+      podwarden replay --run 7 --verify
+      podwarden replay --soak 7 --speed 60        # the soak window, a minute a second
+      podwarden replay --since '2026-11-30 02:00' --until '2026-11-30 03:00' --json
+    Exit 0, 1 the replay differs from the stored changes (--verify), 2 bad usage.
+    """
+    from agent import query as q
+    from agent.replay import replay_verb, scope
+    from store import StoreReader
+
+    opts.never_acts("replay")
+    config = opts.load_config()
+    db = opts.db_path(config)
+    since_ns, until_ns = q.parse_when("--since", since), q.parse_when("--until", until)
+
+    def show(item: Any) -> None:
+        out.print(render.replayed_change(item), soft_wrap=True)
+
+    with StoreReader(db) as reader:
+        try:
+            run_id, since_ns, until_ns = scope(reader, run_id, soak_run, since_ns, until_ns)
+            outcome = replay_verb(reader, run_id=run_id, since_ns=since_ns, until_ns=until_ns, target=opts.target,
+                                  verify=verify, speed=speed, on_change=None if opts.json else show,
+                                  progress=progress)
+        except ValueError as exc:
+            raise UsageError(f"replay: {exc}") from None
+    if opts.json:
+        opts.emit(outcome.to_json())
+    else:
+        out.print(render.replay_summary(outcome))
+    return EXIT_FAIL if outcome.verified is False else EXIT_OK
+
+
 # ---------------------------------------------------------------- demo
 
 @cli.command()
 @click.option("--fault", "faults", multiple=True, metavar="NAME", help="Bring the testbed up with this fault.")
+@click.option("--soak-for", "soak_for", default=None, metavar="DURATION", help="The soak's window (default 20s).")
+@click.option("--report-dir", default=None, type=click.Path(file_okay=False),
+              help="Where the report goes (default [podwarden] reports: ./reports).")
 @common_options
-def demo(opts: Options, faults: tuple[str, ...]) -> int:
-    """Bring the testbed up on the target, run the baseline check against it, show its status.
+def demo(opts: Options, faults: tuple[str, ...], soak_for: str | None, report_dir: str | None) -> int:
+    """Bring the testbed up on the target, run the whole plan against it, and write the report.
 
-    The check's snapshots, probes, changes and findings are stored in the --db store
-    (default podwarden.db).
+    The plan is `podwarden run` with short windows (cascade hold 5s, soak 20s): the
+    baseline check, every experiment, the check again, the soak and the final status,
+    stored as one run in the --db store (default podwarden.db); the report goes to
+    ./reports as Markdown and HTML.
 
     \b
     Example:
       podwarden demo
+      podwarden demo --fault dependent-dies          # see a cascade fail, and why
       podwarden demo --fault indexer-lock-permission --fault health-needs-credentials
-    Exit 0 (the check's verdict is printed, not returned).
+    Exit 0 every stage passed, 1 a stage failed (as a fault makes it), 3 unreachable, 130 interrupted.
     """
+    from agent.demo import DEMO_SOAK_S
     from agent.demo import demo as verb
+    from agent.experiment import ExperimentInterrupted
+    from agent.stopping import install_stop_signals
 
     if opts.dry_run:
-        raise UsageError("--dry-run: rehearse the demo's steps with `podwarden testbed up --dry-run`")
+        raise UsageError("--dry-run: rehearse the demo's steps with `podwarden testbed up --dry-run` and "
+                         "`podwarden experiment restart --all --dry-run`")
     config = opts.load_config()
     db = opts.db_path(config)
-    outcome = run_async(verb(config, opts.target_for(config), db, faults, progress))
+    target = opts.target_for(config)
+    soak_s = seconds_of("--soak-for", soak_for) or DEMO_SOAK_S
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        undo = install_stop_signals(stop)
+        try:
+            return await verb(config, target, db, faults, progress, soak_s=soak_s, report_dir=report_dir, stop=stop)
+        finally:
+            undo()
+
+    try:
+        outcome = run_async(go())
+    except ExperimentInterrupted as exc:
+        err.print(Text(f"interrupted while waiting for {exc}: rolled back what the experiment stopped"))
+        return 130
     if opts.json:
-        opts.emit({"verdict": outcome.report.verdict, "run_id": outcome.run_id, "db": db,
-                   "check": outcome.report.to_json(), "status": outcome.node.to_json()})
+        opts.emit({**outcome.to_json(), "db": db})
     else:
-        out.print(render.check_report(outcome.report))
-        out.print(Text(f"stored as run {outcome.run_id} in {db}; next: `podwarden watch` and, in another "
-                       "terminal, kill a container's main process to see it recover"))
-    return EXIT_OK
+        out.print(render.run_outcome(outcome))
+        err.print(f"stored as run {outcome.run_id} in {db}; next: `podwarden report` (or open "
+                  f"{outcome.reports[-1] if outcome.reports else 'the report'}), `podwarden watch`", markup=False)
+    return _run_exit(outcome)
 
 
 # ---------------------------------------------------------------- entry point

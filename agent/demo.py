@@ -1,47 +1,39 @@
-"""`podwarden demo`: the testbed up on the target, the baseline check against it (recorded), its status."""
+"""`podwarden demo`: the testbed up on the target, then the whole plan against it (`podwarden
+run`, with short windows so it takes about two minutes), and the report it wrote."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
 from typing import Callable
 
 from agent import testbed as tb
-from agent.check import CheckReport, run_check
 from agent.config import Config, TargetConfig
 from agent.errors import TargetUnreachable, TransportError
-from agent.node import NodeStatus, gather_status
-from agent.recording import recording
+from agent.run import RunOutcome, run
 from agent.transport import make_transport
+
+# the demo's windows: long enough to see each stage work, short enough to wait for
+DEMO_SOAK_S = 20.0
+DEMO_HOLD_S = 5.0
+DEMO_RECOVERY_S = 60.0
 
 
 def _quiet(_: str) -> None:
     pass
 
 
-@dataclass
-class DemoOutcome:
-    """What the demo did: the check's report, the final status, and where it was stored."""
+async def demo(config: Config, target: TargetConfig, db: str, faults: tuple[str, ...] = (),
+               progress: Callable[[str], None] = _quiet, *, soak_s: float = DEMO_SOAK_S,
+               report_dir: str | None = None, stop: asyncio.Event | None = None) -> RunOutcome:
+    """Bring the testbed up (with `faults`), then run the plan against it, recorded as one run.
 
-    run_id: int | None
-    report: CheckReport
-    node: NodeStatus
-
-
-async def demo(config: Config, target: TargetConfig, db: str | None, faults: tuple[str, ...] = (),
-               progress: Callable[[str], None] = _quiet) -> DemoOutcome:
-    """Bring the testbed up (with `faults`), check it into one recorded run, and look at it.
-
-    Raises TargetUnreachable, TestbedError.
+    Raises TargetUnreachable, TestbedError, ExperimentInterrupted.
     """
-    async with recording(config, "demo", [target.name], db) as rec:
-        async with make_transport(target) as transport:
-            progress(f"testbed up on {transport.name}" + (f" with faults {', '.join(faults)}" if faults else ""))
+    async with make_transport(target) as transport:
+        progress(f"testbed up on {transport.name}" + (f" with faults {', '.join(faults)}" if faults else ""))
+        try:
             await tb.up(transport, config.testbed, faults, progress=progress)
-            progress("baseline check")
-            try:
-                report = await run_check(transport, config, target, rec=rec, progress=progress)
-                node = await gather_status(transport, config, target.podman)
-            except TransportError as exc:
-                raise TargetUnreachable(target.name, f"link lost: {exc.reason}") from None
-        rec.verdict = report.verdict
-    return DemoOutcome(rec.run_id, report, node)
+        except TransportError as exc:
+            raise TargetUnreachable(target.name, f"link lost: {exc.reason}") from None
+    return await run(config, target, db, soak_s=soak_s, hold_s=DEMO_HOLD_S, recovery_s=DEMO_RECOVERY_S,
+                     report_dir=report_dir, stop=stop, progress=progress)

@@ -910,27 +910,43 @@ async def run_experiments(config: Config, target: TargetConfig, db: str | None, 
 
     Raises TargetUnreachable when the target cannot be reached or the link drops.
     """
-    stop = stop or asyncio.Event()
-    command = "experiment"
-    async with recording(config, command, [target.name], db) as rec:
-        outcome = ExperimentOutcome(rec.run_id, target.name, [])
-        try:
-            async with lab(rec, target, stop, progress, dry_run) as room:
-                room.observed_from_ns = room.now_ns()
-                for subject in subjects:
-                    if kind == "restart":
-                        outcome.experiments.append(await restart_one(room, subject, how, deadline_s))
-                    elif kind == "cascade":
-                        outcome.experiments.append(await cascade(room, subject, hold_s or config.experiments.cascade_hold,
-                                                                 recovery_s or config.experiments.cascade_recovery))
-                    elif kind == "service":
-                        outcome.experiments.append(await service(room, subject, deadline_s))
-                    if not outcome.experiments[-1].passed and outcome.experiments[-1].summary.startswith("refused"):
-                        break
-        except ExperimentInterrupted:
-            rec.verdict = "interrupted"
-            raise
-        except TransportError as exc:
-            raise TargetUnreachable(target.name, f"link lost during the experiment: {exc.reason}") from None
+    async with recording(config, "experiment", [target.name], db) as rec:
+        outcome = await experiments_in(rec, target, [(kind, subject) for subject in subjects], how=how, hold_s=hold_s,
+                                       recovery_s=recovery_s, deadline_s=deadline_s, dry_run=dry_run, stop=stop,
+                                       progress=progress)
         rec.verdict = outcome.verdict
+    return outcome
+
+
+async def experiments_in(rec: Recording, target: TargetConfig, plan: list[tuple[str, str]], *, how: str = "crash",
+                         hold_s: float | None = None, recovery_s: float | None = None,
+                         deadline_s: float | None = None, dry_run: bool = False, stop: asyncio.Event | None = None,
+                         progress: Callable[[str], None] = _quiet, fail_fast: bool = False) -> ExperimentOutcome:
+    """The experiments of `plan` ((kind, subject) in order) within one watch of `target`, recorded into
+    `rec` (a `podwarden run` records its stages into one run). A refused experiment (no steady
+    state) ends the plan. Raises TargetUnreachable, ExperimentInterrupted (after rolling back)."""
+    config = rec.config
+    stop = stop or asyncio.Event()
+    outcome = ExperimentOutcome(rec.run_id, target.name, [])
+    try:
+        async with lab(rec, target, stop, progress, dry_run) as room:
+            room.observed_from_ns = room.now_ns()
+            for kind, subject in plan:
+                if kind == "restart":
+                    outcome.experiments.append(await restart_one(room, subject, how, deadline_s))
+                elif kind == "cascade":
+                    outcome.experiments.append(await cascade(room, subject, hold_s or config.experiments.cascade_hold,
+                                                             recovery_s or config.experiments.cascade_recovery))
+                elif kind == "service":
+                    outcome.experiments.append(await service(room, subject, deadline_s))
+                else:
+                    raise ValueError(f"unknown experiment kind {kind!r}")
+                last = outcome.experiments[-1]
+                if not last.passed and (last.summary.startswith("refused") or fail_fast):
+                    break
+    except ExperimentInterrupted:
+        rec.verdict = "interrupted"
+        raise
+    except TransportError as exc:
+        raise TargetUnreachable(target.name, f"link lost during the experiment: {exc.reason}") from None
     return outcome

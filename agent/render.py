@@ -197,3 +197,72 @@ def soak(outcome: Any) -> Group:
             f"{outcome.probes_run} probe runs")
     parts.append(Text(text, style="bold green" if outcome.verdict == "pass" else "bold red"))
     return Group(*parts)
+
+
+# ---------------------------------------------------------------- run
+
+
+def run_outcome(outcome: Any) -> Group:
+    """`podwarden run`: the experiments and soak as their verbs show them, then a table of the
+    stages, the verdict and where the report is."""
+    parts: list[Any] = []
+    if outcome.experiments is not None and outcome.experiments.experiments:
+        parts.append(experiments(outcome.experiments))
+    if outcome.soak is not None:
+        parts.append(soak(outcome.soak))
+    table = Table(title=f"run {outcome.run_id} on {outcome.target}", title_justify="left")
+    for column in ("stage", "verdict", "took", "summary"):
+        table.add_column(column, overflow="fold")
+    colours = {"pass": "green", "fail": "red", "skipped": "dim", "interrupted": "yellow"}
+    for stage in outcome.stages:
+        took = f"{(stage.ended_ns - stage.started_ns) / 1e9:.1f}s" if stage.verdict != "skipped" else "-"
+        table.add_row(Text(stage.name), Text(stage.verdict.upper(), style=colours.get(stage.verdict, "")),
+                      Text(took), Text(stage.summary))
+    parts.append(table)
+    parts.append(Text(f"run: {outcome.verdict.upper()}", style="bold green" if outcome.verdict == "pass"
+                      else "bold red"))
+    for path in outcome.reports:
+        parts.append(Text(f"report: {path}"))
+    return Group(*parts)
+
+
+# ---------------------------------------------------------------- replay
+
+
+def replayed_change(item: Any) -> Text:
+    """One change a replay made: time, target/container, from -> to, cause."""
+    from agent.podman import format_time_ns
+
+    c = item.change
+    text = Text.assemble((format_time_ns(c.at_ns)[11:23] + " ", "dim"), f"{c.target}/{c.container} ",
+                         (f"{c.from_state} -> {c.to_state}", "bold"), f"  {c.cause}")
+    if c.contradiction:
+        text.append("  (contradiction)", style="yellow")
+    return text
+
+
+def replay_summary(outcome: Any) -> Text:
+    """How much was replayed and, with --verify, whether it matched the stored changes."""
+    scope = f"run {outcome.run_id}" if outcome.run_id is not None else "the window"
+    text = f"replayed {scope}: {outcome.observations} observations, {len(outcome.changes)} changes"
+    if outcome.warm_up:
+        text += f" (machines warmed up from {outcome.warm_up} snapshot(s) before the window)"
+    if outcome.verified is True:
+        return Text(text + f"; verified: identical to the {outcome.stored} changes stored live", style="bold green")
+    if outcome.verified is False:
+        return Text(text + f"; DIFFERS from the {outcome.stored} stored changes: {outcome.difference}", style="bold red")
+    return Text(text)
+
+
+# ---------------------------------------------------------------- query
+
+
+def query_table(subject: str, columns: list[str], rows: list[list[str]], more: bool) -> Table:
+    """Rows of `podwarden query` as a table (cells already text), noting when more were left out."""
+    note = f" (the first {len(rows)}; --limit 0 for all)" if more else ""
+    table = Table(title=f"{subject}: {len(rows)} row(s){note}", title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table

@@ -20,7 +20,7 @@ from agent.check import plan_probes
 from agent.config import Config, TargetConfig, format_duration
 from agent.errors import TargetUnreachable, TransportError
 from agent.probes import execute_probe
-from agent.recording import recording
+from agent.recording import Recording, recording
 from agent.transport import make_transport
 from agent.watch import Window, watch, watchers_for
 from agent.watcher import TargetWatcher
@@ -96,59 +96,72 @@ async def soak(config: Config, targets: list[TargetConfig], db: str | None, dura
 
     Raises TargetUnreachable when a target cannot be reached at the start.
     """
+    async with recording(config, "soak", [t.name for t in targets], db) as rec:
+        outcome = await soak_in(rec, targets, duration_s, dry_run=dry_run, stop=stop, progress=progress,
+                                on_tick=on_tick)
+        rec.verdict = "interrupted" if stop is not None and stop.is_set() else outcome.verdict
+    return outcome
+
+
+async def soak_in(rec: Recording, targets: list[TargetConfig], duration_s: float, *, dry_run: bool = False,
+                  stop: asyncio.Event | None = None, progress: Callable[[str], None] = _quiet,
+                  on_tick: Callable[[Window], None] | None = None) -> SoakOutcome:
+    """A soak of `targets` recorded into `rec` (its own run, or a stage of `podwarden run`).
+
+    Raises TargetUnreachable when a target cannot be reached at the start.
+    """
+    config = rec.config
     stop = stop or asyncio.Event()
     names = [t.name for t in targets]
-    async with recording(config, "soak", names, db) as rec:
-        # reach every target first: an unreachable one is exit 3, not a soak of nothing
-        for target in targets:
-            async with make_transport(target):
+    # reach every target first: an unreachable one is exit 3, not a soak of nothing
+    for target in targets:
+        async with make_transport(target):
+            pass
+    watchers = await watchers_for(rec, targets)
+    window = Window(rec, watchers, dry_run=dry_run, progress=progress)
+    outcome = SoakOutcome(rec.run_id, names, duration_s)
+    probes_run = [0]
+    soak_stop = asyncio.Event()
+
+    async def timing(outer: asyncio.Event) -> None:
+        """Start the clock when the window opens; end the soak `duration_s` later (or on Ctrl-C)."""
+        await _wait(window.opened, outer)
+        started = time.monotonic()
+        shown = 0.0
+        while not outer.is_set():
+            left = duration_s - (time.monotonic() - started)
+            if left <= 0:
+                break
+            if time.monotonic() - shown >= 10.0 or shown == 0.0:
+                shown = time.monotonic()
+                drift = len(window.detector.drifts)
+                progress(f"soak {format_duration(duration_s - left)} / {format_duration(duration_s)}: "
+                         f"{drift} drift{'s' if drift != 1 else ''} so far")
+            if on_tick is not None:
+                on_tick(window)
+            try:
+                await asyncio.wait_for(outer.wait(), min(1.0, left))
+            except (asyncio.TimeoutError, TimeoutError):
                 pass
-        watchers = await watchers_for(rec, targets)
-        window = Window(rec, watchers, dry_run=dry_run, progress=progress)
-        outcome = SoakOutcome(rec.run_id, names, duration_s)
-        probes_run = [0]
-        soak_stop = asyncio.Event()
+        soak_stop.set()
 
-        async def timing(outer: asyncio.Event) -> None:
-            """Start the clock when the window opens; end the soak `duration_s` later (or on Ctrl-C)."""
-            await _wait(window.opened, outer)
-            started = time.monotonic()
-            shown = 0.0
-            while not outer.is_set():
-                left = duration_s - (time.monotonic() - started)
-                if left <= 0:
-                    break
-                if time.monotonic() - shown >= 10.0 or shown == 0.0:
-                    shown = time.monotonic()
-                    drift = len(window.detector.drifts)
-                    progress(f"soak {format_duration(duration_s - left)} / {format_duration(duration_s)}: "
-                             f"{drift} drift{'s' if drift != 1 else ''} so far")
-                if on_tick is not None:
-                    on_tick(window)
-                try:
-                    await asyncio.wait_for(outer.wait(), min(1.0, left))
-                except (asyncio.TimeoutError, TimeoutError):
-                    pass
-            soak_stop.set()
+    async def relay(_: asyncio.Event) -> None:
+        # Ctrl-C (the outer stop) ends the soak early, as a failed (incomplete) window
+        await _wait(stop, soak_stop)
+        soak_stop.set()
 
-        async def relay(_: asyncio.Event) -> None:
-            # Ctrl-C (the outer stop) ends the soak early, as a failed (incomplete) window
-            await _wait(stop, soak_stop)
-            soak_stop.set()
-
-        probe_loops = [lambda event, w=w: _probe_loop(config, w, config.soak.probe_interval, probes_run, event)
-                       for w in watchers]
-        await watch(rec, watchers, soak_stop, None, window=window,
-                    also=[lambda event: timing(stop), relay, *probe_loops])
-        outcome.started_ns, outcome.ended_ns = window.started_ns, window.ended_ns
-        outcome.drifts = list(window.detector.drifts)
-        outcome.baselines = list(window.detector.baselines)
-        outcome.probes_run = probes_run[0]
-        interrupted = stop.is_set()
-        if rec.store is not None and outcome.started_ns is not None:
-            rec.store.add_experiment(rec.run_id, kind="soak", subject=",".join(names), started_ns=outcome.started_ns,
-                                     steps=[d.to_json() for d in outcome.drifts],
-                                     verdict="interrupted" if interrupted else outcome.verdict,
-                                     ended_ns=outcome.ended_ns)
-        rec.verdict = "interrupted" if interrupted else outcome.verdict
+    probe_loops = [lambda event, w=w: _probe_loop(config, w, config.soak.probe_interval, probes_run, event)
+                   for w in watchers]
+    await watch(rec, watchers, soak_stop, None, window=window,
+                also=[lambda event: timing(stop), relay, *probe_loops])
+    outcome.started_ns, outcome.ended_ns = window.started_ns, window.ended_ns
+    outcome.drifts = list(window.detector.drifts)
+    outcome.baselines = list(window.detector.baselines)
+    outcome.probes_run = probes_run[0]
+    interrupted = stop.is_set()
+    if rec.store is not None and outcome.started_ns is not None:
+        rec.store.add_experiment(rec.run_id, kind="soak", subject=",".join(names), started_ns=outcome.started_ns,
+                                 steps=[d.to_json() for d in outcome.drifts],
+                                 verdict="interrupted" if interrupted else outcome.verdict,
+                                 ended_ns=outcome.ended_ns)
     return outcome

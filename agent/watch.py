@@ -116,6 +116,11 @@ class Window:
             for drift in self.detector.finish(self.ended_ns):
                 for remediator in self.remediators:
                     remediator.on_drift(drift)
+        # a run may hold several windows (the stages of `podwarden run`): this one hears no more
+        if self._fed in self.rec.sink.on_fed:
+            self.rec.sink.on_fed.remove(self._fed)
+        if self._finding in self.rec.sink.on_finding:
+            self.rec.sink.on_finding.remove(self._finding)
 
 
 async def watch(rec: Recording, watchers: list[TargetWatcher], stop: asyncio.Event, duration: float | None,
@@ -154,5 +159,4 @@ async def watch(rec: Recording, watchers: list[TargetWatcher], stop: asyncio.Eve
             group.create_task(ticking(), name="dashboard")
     if window is not None:
         window.close()
-    rec.verdict = rec.verdict or "recorded"
     logger.bind(run=rec.run_id).info("recorded {} state changes", len(rec.sink.changes))

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROOTLESS_USER=pwtest
-PACKAGES=(podman runc uidmap slirp4netns openssh-server openssh-client busybox-static procps python3-venv)
+PACKAGES=(podman runc uidmap slirp4netns openssh-server openssh-client busybox-static procps python3-venv chromium)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -121,6 +121,10 @@ class Node:
         self.target = ["--config", str(self.config), "--target", sshd.url(user),
                        "--identity", str(sshd.identity), "--known-hosts", str(sshd.known_hosts)]
 
+    def run_argv(self, *args: str) -> list[str]:
+        """The argv of `podwarden ARGS` against this node (for a process a test drives itself)."""
+        return [sys.executable, "-m", "agent.cli", *args, *self.target]
+
     def run(self, *args: str, timeout: float = 180, config: Path | None = None) -> subprocess.CompletedProcess:
         """`podwarden ARGS` against this node (with another config file if given)."""
         target = list(self.target)

@@ -141,18 +141,23 @@ def test_watch_several_targets_at_once(sshd, root_node, tmp_path):
     assert final[("rootlessnode", "tbs-node")] == "missing"
 
 
-def test_demo_brings_the_testbed_up_and_checks_it(tmp_path):
+def test_demo_brings_the_testbed_up_and_runs_the_plan(tmp_path):
     """The README's main job, on local podman (what scripts/demo.sh runs after set-up)."""
     config = tmp_path / "config.toml"
     config.write_text(example_config(prefix="tbd-", port_base=26330))
-    db = tmp_path / "demo.db"
+    db, reports = tmp_path / "demo.db", tmp_path / "reports"
     try:
-        result = podwarden(["demo", "--json", "--config", str(config), "--db", str(db)], timeout=300)
-        assert result.returncode == 0, result.stderr
+        result = podwarden(["demo", "--json", "--soak-for", "5s", "--config", str(config), "--db", str(db),
+                            "--report-dir", str(reports)], timeout=600)
+        assert result.stdout.strip(), result.stderr[-3000:]
         document = json.loads(result.stdout)
-        assert document["verdict"] == "pass", document["check"]["findings"]
+        assert result.returncode == 0, [(s["stage"], s["verdict"], s["summary"]) for s in document["stages"]]
+        assert document["verdict"] == "pass" and document["db"] == str(db)
+        assert [s["stage"] for s in document["stages"]] == ["baseline", "experiments", "check", "soak", "status"]
         names = {c["name"] for c in document["status"]["containers"] if c["expected"]}
         assert names == {"tbd-" + role for role in STACK}
         assert db.stat().st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in reports.iterdir()) == [f"run-{document['run_id']}.html",
+                                                             f"run-{document['run_id']}.md"]
     finally:
         podwarden(["testbed", "down", "--config", str(config)])
