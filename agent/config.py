@@ -115,6 +115,12 @@ class TargetConfig(_Strict):
     identity: str | None = None
     known_hosts: str | None = None
     insecure_skip_host_key_check: bool = False
+    # a `Host` alias of an OpenSSH client config, instead of host: HostName, User, Port,
+    # IdentityFile, ProxyJump, UserKnownHostsFile and ServerAlive* come from there, for every hop
+    # (agent/transport.py); user, port, identity and known_hosts given here override it
+    ssh_alias: str | None = None
+    # that OpenSSH client config (default: $PODWARDEN_SSH_CONFIG, else ~/.ssh/config)
+    ssh_config: str | None = None
     podman: list[str] = Field(default_factory=lambda: ["podman"])
     connect_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     # zero would turn dead-link detection off: DESIGN wants keepalives on
@@ -131,15 +137,23 @@ class TargetConfig(_Strict):
 
     @model_validator(mode="after")
     def _ssh_needs_host(self) -> "TargetConfig":
-        if self.transport == "ssh" and not self.host:
-            raise ValueError("an ssh target needs `host`")
+        if self.transport == "ssh" and not self.host and not self.ssh_alias:
+            raise ValueError("an ssh target needs `host` (with `port`, `user`), or `ssh_alias` naming a "
+                             "`Host` of your OpenSSH client config")
+        if self.host and self.ssh_alias:
+            raise ValueError("give `host` or `ssh_alias`, not both: with `ssh_alias` the ssh config's HostName "
+                             "says where the node is")
+        if self.transport == "local" and (self.ssh_alias or self.ssh_config):
+            raise ValueError("`ssh_alias` and `ssh_config` need transport = \"ssh\"")
         return self
 
     def describe(self) -> str:
-        """A short human name: `local` or `user@host:port`."""
+        """A short human name: `local`, `user@host:port`, or `user@alias` for an ssh config alias."""
         if self.transport == "local":
             return "local"
         user = f"{self.user}@" if self.user else ""
+        if self.ssh_alias and not self.host:
+            return f"{user}{self.ssh_alias}"
         return f"{user}{self.host}:{self.port}"
 
 
@@ -332,6 +346,8 @@ class WatchConfig(_Strict):
     backoff_initial: Annotated[Duration, Field(gt=0)] = 1.0
     backoff_max: Annotated[Duration, Field(gt=0)] = 30.0
     flush_interval: Annotated[Duration, Field(gt=0)] = 0.1
+    # serve Prometheus metrics on this HOST:PORT while watching (None: off); loopback unless told otherwise
+    metrics: str | None = None
 
 
 class SoakConfig(_Strict):
@@ -729,12 +745,101 @@ def load_config(path: str | Path) -> Config:
 
 _SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?/?$")
 
+SSH_CONFIG_ENV = "PODWARDEN_SSH_CONFIG"
+
+
+def ssh_config_path(path: str | None = None) -> Path:
+    """The OpenSSH client config ssh aliases come from: `path`, else $PODWARDEN_SSH_CONFIG, else
+    ~/.ssh/config (the one `ssh` reads)."""
+    import os
+
+    return Path(os.path.expanduser(path or os.environ.get(SSH_CONFIG_ENV) or "~/.ssh/config"))
+
+
+def ssh_config_names(path: Path, alias: str) -> bool:
+    """Whether a `Host` line of the OpenSSH client config at `path` (or of a file it Includes)
+    names `alias`: one of its patterns matches it and is more than wildcards (`Host *` applies to
+    every host but names none), and no negated pattern (`!alias`) on that line excludes it.
+
+    Patterns match as asyncssh and ssh match them (`*`, `?`). The values themselves are read by
+    asyncssh (agent/transport.py); this only answers "is it ours to resolve". Raises OSError.
+    """
+    return _ssh_config_names(path, alias, 0)
+
+
+_SSH_CONFIG_LINE = re.compile(r"^([A-Za-z]+)(?:\s*=\s*|\s+)(.*)$")
+
+
+def _ssh_config_names(path: Path, alias: str, depth: int) -> bool:
+    import glob
+    import os
+    import shlex
+
+    for raw in path.read_text(errors="replace").splitlines():
+        line = _SSH_CONFIG_LINE.match(raw.strip())
+        if line is None:
+            continue
+        try:
+            args = shlex.split(line[2])
+        except ValueError:
+            continue  # asyncssh reports the line when it reads the file
+        keyword = line[1].lower()
+        if keyword == "host":
+            if _host_patterns_name([p for arg in args for p in arg.split(",") if p], alias):
+                return True
+        elif keyword == "include" and depth < 16:
+            for pattern in args:
+                full = os.path.expanduser(pattern)
+                if not os.path.isabs(full):  # relative Includes of a user config are under ~/.ssh
+                    full = os.path.join(os.path.expanduser("~/.ssh"), full)
+                for included in sorted(glob.glob(full)):
+                    if os.path.isfile(included) and _ssh_config_names(Path(included), alias, depth + 1):
+                        return True
+    return False
+
+
+def _host_patterns_name(patterns: list[str], alias: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    def matches(pattern: str) -> bool:
+        return fnmatchcase(alias, "".join("[[]" if c == "[" else "[]]" if c == "]" else c for c in pattern))
+
+    if any(p.startswith("!") and matches(p[1:]) for p in patterns):
+        return False
+    return any(not p.startswith("!") and p.strip("*?") and matches(p) for p in patterns)
+
+
+def ssh_alias_missing(path: Path, alias: str) -> str | None:
+    """Why the ssh config at `path` does not name `alias` (None: a `Host` line names it)."""
+    if not path.is_file():
+        return f"{path} not found"
+    try:
+        if not ssh_config_names(path, alias):
+            return f"no `Host` line of {path} names it"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def ssh_config_unusable(path: Path, alias: str) -> str | None:
+    """What asyncssh, reading `path` as ssh would for `alias`, refuses in it (None: nothing)."""
+    import asyncssh  # here only: most commands never read an ssh config
+
+    try:
+        asyncssh.SSHClientConnectionOptions(config=[str(path)], host=alias, client_keys=None, known_hosts=None)
+    except (ValueError, OSError, asyncssh.Error) as exc:
+        text = str(exc)
+        return text if str(path) in text else f"{path}: {text}"
+    return None
+
 
 def resolve_target(config: Config, spec: str | None, identity: str | None = None,
                    known_hosts: str | None = None) -> TargetConfig:
-    """The target a command should talk to: a config name, `local`, or `ssh://user@host:port`.
+    """The target a command should talk to: a config name, `local`, `ssh://user@host:port`, or a
+    `Host` alias of the OpenSSH client config (ssh_config_path()).
 
-    Raises UsageError for an unknown name or a malformed URL.
+    Raises UsageError for an unknown name or a malformed URL, ConfigError for a config target
+    whose ssh_alias the ssh config does not name.
     """
     spec = spec or config.podwarden.default_target
     overrides: dict[str, Any] = {}
@@ -744,6 +849,17 @@ def resolve_target(config: Config, spec: str | None, identity: str | None = None
         overrides["known_hosts"] = known_hosts
     if spec in config.targets:
         target = config.targets[spec]
+        if target.transport == "ssh" and target.ssh_alias:
+            path = ssh_config_path(target.ssh_config)
+            missing = ssh_alias_missing(path, target.ssh_alias)
+            if missing is not None:
+                raise ConfigError(config.path, f"targets.{spec}.ssh_alias",
+                                  f"{target.ssh_alias!r} is not an ssh config alias: {missing}; add a "
+                                  f"`Host {target.ssh_alias}` block there, or set targets.{spec}.ssh_config = PATH")
+            unusable = ssh_config_unusable(path, target.ssh_alias)
+            if unusable is not None:
+                raise ConfigError(config.path, f"targets.{spec}.ssh_alias", f"the ssh config: {unusable}")
+            overrides["ssh_config"] = str(path)
     elif spec == "local":
         target = TargetConfig(name="local", transport="local")
     elif spec.startswith("ssh://"):
@@ -756,8 +872,19 @@ def resolve_target(config: Config, spec: str | None, identity: str | None = None
         target = TargetConfig(name=spec, transport="ssh", host=match["host"].strip("[]"),
                               port=port, user=match["user"])
     else:
-        known = ", ".join(sorted(config.targets)) or "none configured"
-        raise UsageError(f"unknown target {spec!r}: use a configured target ({known}), local, or ssh://user@host:port")
+        path = ssh_config_path()
+        missing = ssh_alias_missing(path, spec)
+        if missing is not None:
+            known = ", ".join(sorted(config.targets)) or "none configured"
+            where = "no config file" if config.path.startswith("<") else config.path
+            raise UsageError(
+                f"unknown target {spec!r}: not in [targets] of {where} ({known}), and not an ssh config "
+                f"alias: {missing}; use a configured target, a `Host` of your ssh config "
+                f"(${SSH_CONFIG_ENV} names another file), local, or ssh://user@host:port")
+        unusable = ssh_config_unusable(path, spec)
+        if unusable is not None:
+            raise UsageError(f"--target {spec!r} (a Host of the ssh config): {unusable}")
+        target = TargetConfig(name=spec, transport="ssh", ssh_alias=spec, ssh_config=str(path))
     if overrides:
         target = target.model_copy(update=overrides)
     return target

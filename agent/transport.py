@@ -9,20 +9,22 @@ connection on one bad byte) and over-long lines are cut, never fatal.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
+import re
 import shlex
 import signal
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import asyncssh
 
-from agent.config import TargetConfig
+from agent.config import TargetConfig, ssh_alias_missing, ssh_config_path
 from agent.errors import CommandFailed, CommandTimeout, TargetUnreachable, TransportError
 
 READ_CHUNK = 65536
@@ -330,10 +332,205 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
-class SshTransport(Transport):
-    """Runs commands on a node over one asyncssh connection.
+# ---------------------------------------------------------------- reaching a node over SSH
 
-    Host keys are checked against known_hosts unless the target opts out by name
+_JUMP = re.compile(r"(?:(?P<user>[^@]+)@)?(?:\[(?P<bracketed>[^\]]+)\]|(?P<host>[^:@\[\]/]+))(?::(?P<port>\d+))?")
+_MAX_JUMPS = 8
+_SSH_TOKEN = re.compile(r"%(.)")
+
+
+@dataclass(frozen=True)
+class SshHop:
+    """One SSH connection on the way to a node: the jump hosts first, the node last.
+
+    Every hop's host key is checked against `known_hosts` (None only when the target opts out
+    with insecure_skip_host_key_check): podwarden opens each hop itself, through the one before,
+    rather than leaving ProxyJump to asyncssh, so that no hop is trusted by default.
+    """
+
+    label: str                       # how it is named: an ssh config alias, a ProxyJump entry, or host:port
+    host: str                        # where it is (the ssh config's HostName)
+    port: int
+    user: str | None
+    connect_host: str                # the name asyncssh.connect gets (an alias: asyncssh reads its config)
+    options: dict[str, Any]          # asyncssh.connect keyword arguments, all but tunnel and known_hosts
+    known_hosts: tuple[str, ...] | None  # files its host key is checked against (present or not)
+    key_name: str                    # the name its key is looked up under (HostKeyAlias, else host)
+    identity: str | None = None      # an identity file given to podwarden (--identity, identity)
+    keys: str = "ssh-agent / default keys"  # what authentication offers, for messages
+    connect_timeout: float = 10.0
+    jump: bool = False               # a jump host, not the node
+    reached_through: tuple[str, ...] = ()  # the ProxyJump entries before it, as ssh's -J would take them
+
+    @property
+    def where(self) -> str:
+        if self.label == f"{self.host}:{self.port}":
+            return self.label
+        return f"{'jump host ' if self.jump else ''}{self.label} ({self.host}:{self.port})"
+
+
+def ssh_hops(target: TargetConfig) -> list[SshHop]:
+    """The SSH connections that reach `target`, outermost first.
+
+    A target with `host` is one hop, as given. A target with `ssh_alias` is read from the OpenSSH
+    client config as ssh reads it (asyncssh parses it: HostName, User, Port, IdentityFile,
+    ProxyJump, UserKnownHostsFile, ServerAliveInterval/CountMax, ConnectTimeout, Match, Include).
+    Its ProxyJump hosts come first, each resolved by the same config; the first one's own
+    ProxyJump is followed too (as ssh does), the later ones' are not (ssh's -J overrides them).
+    The target's own user, port, identity, known_hosts, keepalive and timeout settings override
+    the config for the node; known_hosts and insecure_skip_host_key_check apply to every hop.
+
+    Raises TargetUnreachable for an ssh config that does not name the alias or cannot be used.
+    """
+    if target.host or not target.ssh_alias:
+        return [_direct_hop(target)]
+    path = ssh_config_path(target.ssh_config)
+    name = target.name or target.ssh_alias
+    missing = ssh_alias_missing(path, target.ssh_alias)
+    if missing is not None:
+        raise TargetUnreachable(name, f"ssh config alias {target.ssh_alias!r}: {missing}")
+    port = target.port if "port" in target.model_fields_set else None
+    return _alias_chain(target, path, target.ssh_alias, target.user, port, node=True, trail=())
+
+
+def _direct_hop(target: TargetConfig) -> SshHop:
+    host = target.host or ""
+    options: dict[str, Any] = {
+        "port": target.port,
+        "keepalive_interval": target.keepalive_interval,
+        "keepalive_count_max": target.keepalive_count_max,
+        "config": None,
+    }
+    if target.user:
+        options["username"] = target.user
+    known = None if target.insecure_skip_host_key_check else (
+        os.path.expanduser(target.known_hosts or "~/.ssh/known_hosts"),)
+    return SshHop(label=f"{host}:{target.port}", host=host, port=target.port, user=target.user,
+                  connect_host=host, options=options, known_hosts=known, key_name=host,
+                  identity=target.identity, keys=f"key {target.identity}" if target.identity else
+                  "ssh-agent / default keys", connect_timeout=target.connect_timeout)
+
+
+def _alias_chain(target: TargetConfig, path: Path, name: str, user: str | None, port: int | None, *,
+                 node: bool, trail: tuple[tuple[str, str | None, int | None], ...]) -> list[SshHop]:
+    me = (name, user, port)
+    if me in trail or len(trail) >= _MAX_JUMPS:
+        loop = " -> ".join(entry[0] for entry in (*trail, me))
+        raise TargetUnreachable(target.name or name, f"ProxyJump in {path} loops or goes over {_MAX_JUMPS} "
+                                                     f"hops: {loop}")
+    hop, proxy_jump = _alias_hop(target, path, name, user, port, node=node)
+    hops: list[SshHop] = []
+    if proxy_jump:
+        entries = tuple(entry.strip() for entry in proxy_jump.split(",") if entry.strip())
+        first, rest = entries[0], entries[1:]
+        hops += _alias_chain(target, path, *_parse_jump(target, path, name, first), node=False, trail=(*trail, me))
+        for index, entry in enumerate(rest, 1):
+            later = _alias_hop(target, path, *_parse_jump(target, path, name, entry), node=False)[0]
+            hops.append(replace(later, reached_through=entries[:index]))
+        hop = replace(hop, reached_through=entries)
+    hops.append(hop)
+    return hops
+
+
+def _parse_jump(target: TargetConfig, path: Path, name: str, entry: str) -> tuple[str, str | None, int | None]:
+    text = entry.removeprefix("ssh://").rstrip("/")
+    match = _JUMP.fullmatch(text)
+    if match is None:
+        raise TargetUnreachable(target.name or name, f"ProxyJump {entry!r} of {name} in {path}: "
+                                                     "not [user@]host[:port]")
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 1 <= port <= 65535:
+        raise TargetUnreachable(target.name or name, f"ProxyJump {entry!r} of {name} in {path}: port out of range")
+    return match["bracketed"] or match["host"], match["user"], port
+
+
+def _alias_hop(target: TargetConfig, path: Path, name: str, user: str | None, port: int | None, *,
+               node: bool) -> tuple[SshHop, str | None]:
+    """One hop as the ssh config describes it, and its ProxyJump (None: direct)."""
+    try:
+        resolved = asyncssh.SSHClientConnectionOptions(
+            config=[str(path)], host=name, username=user or (), port=port or (), client_keys=None,
+            known_hosts=None)
+    except (ValueError, OSError, asyncssh.Error) as exc:
+        raise TargetUnreachable(target.name or name, f"ssh config {path} for {name}: {exc}") from None
+    config = resolved.config
+    given = target.model_fields_set if node else set()
+    options: dict[str, Any] = {"config": [str(path)]}
+    if user:
+        options["username"] = user
+    if port:
+        options["port"] = port
+    # keepalives stay on (DESIGN): ServerAliveInterval 0 in the ssh config does not turn them off
+    interval = config.get("ServerAliveInterval")
+    options["keepalive_interval"] = (target.keepalive_interval if "keepalive_interval" in given or not interval
+                                     else float(interval))  # type: ignore[arg-type]
+    count = config.get("ServerAliveCountMax")
+    options["keepalive_count_max"] = (target.keepalive_count_max if "keepalive_count_max" in given or not count
+                                      else int(count))  # type: ignore[call-overload]
+    timeout = config.get("ConnectTimeout")
+    connect_timeout = target.connect_timeout if "connect_timeout" in given or not timeout else float(timeout)  # type: ignore[arg-type]
+    keys = "ssh-agent / default keys"
+    identity = target.identity if node else None
+    if identity is None:
+        files = [os.path.expanduser(str(f)) for f in (config.get("IdentityFile") or [])]  # type: ignore[union-attr]
+        if files:
+            # as ssh does: a listed file that is not there is skipped, an encrypted one left to the agent
+            options["client_keys"] = [f for f in files if Path(f).is_file()]
+            options["ignore_encrypted"] = True
+            keys = f"IdentityFile {', '.join(files)} / ssh-agent"
+    else:
+        keys = f"key {identity}"
+    hop = SshHop(
+        label=name if user is None and port is None else f"{user + '@' if user else ''}{name}{f':{port}' if port else ''}",
+        host=resolved.host, port=resolved.port, user=resolved.username, connect_host=name, options=options,
+        known_hosts=_known_hosts_files(target, config, resolved), key_name=str(config.get("HostKeyAlias") or resolved.host),
+        identity=identity, keys=keys, connect_timeout=connect_timeout, jump=not node)
+    proxy_jump = config.get("ProxyJump")
+    return hop, proxy_jump if isinstance(proxy_jump, str) and proxy_jump.lower() != "none" else None
+
+
+def _known_hosts_files(target: TargetConfig, config: Any, resolved: Any) -> tuple[str, ...] | None:
+    """The known_hosts files a hop's key is checked against: the target's own file if it names one,
+    else the ssh config's UserKnownHostsFile and GlobalKnownHostsFile (ssh's defaults when unset).
+    `UserKnownHostsFile none` (or /dev/null) leaves no key trusted: StrictHostKeyChecking is not
+    read, podwarden is always strict (insecure_skip_host_key_check is the one way out)."""
+    if target.insecure_skip_host_key_check:
+        return None
+    if target.known_hosts:
+        return (os.path.expanduser(target.known_hosts),)
+    user_files = config.get("UserKnownHostsFile")
+    global_files = config.get("GlobalKnownHostsFile")
+    if user_files is None:
+        user_files = ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
+    if global_files is None:
+        global_files = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"]
+    tokens = {"%": "%", "d": os.path.expanduser("~"), "h": resolved.host, "p": str(resolved.port),
+              "r": resolved.username, "u": getpass.getuser(), "n": str(getattr(resolved, "orig_host", resolved.host))}
+    return tuple(os.path.expanduser(_SSH_TOKEN.sub(lambda m: tokens.get(m[1], m[0]), str(f)))
+                 for f in [*user_files, *global_files])
+
+
+def _keyscan(hop: SshHop, file: str) -> str:
+    """The command that fetches a hop's host key into `file`, run where the hop is reachable."""
+    scan = f"ssh-keyscan -p {hop.port} {hop.host} >> {file}"
+    if hop.reached_through:  # only the hop before can reach it: scan from there
+        *jumps, last = hop.reached_through
+        last = last.removeprefix("ssh://")
+        there = f"ssh://{last}" if ":" in last else last
+        scan = f"ssh {'-J ' + ','.join(jumps) + ' ' if jumps else ''}{there} {scan}"
+    if hop.key_name != hop.host:
+        scan += f" (then name the line {hop.key_name}, its HostKeyAlias)"
+    return scan
+
+
+def _trust_no_host_key(host: str, addr: str, port: int | None) -> tuple[list, list, list]:
+    return [], [], []  # asyncssh: (trusted host keys, CA keys, revoked keys)
+
+
+class SshTransport(Transport):
+    """Runs commands on a node over one asyncssh connection (through its jump hosts, if any).
+
+    Host keys are checked against known_hosts at every hop unless the target opts out by name
     (`insecure_skip_host_key_check = true`). Keepalives turn a frozen peer into a
     lost connection within interval x count seconds. Concurrent channels are capped
     below OpenSSH's MaxSessions 10, so callers queue instead of failing.
@@ -342,6 +539,7 @@ class SshTransport(Transport):
     def __init__(self, target: TargetConfig) -> None:
         super().__init__(target)
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._jumps: list[asyncssh.SSHClientConnection] = []
         self._channels = asyncio.Semaphore(target.max_channels)
         self._lost = asyncio.Event()
 
@@ -353,88 +551,97 @@ class SshTransport(Transport):
     def connected(self) -> bool:
         return self._conn is not None and not self._lost.is_set() and not self._conn.is_closed()
 
-    def _known_hosts(self) -> str | None | tuple[()]:
-        if self.target.insecure_skip_host_key_check:
-            return None
-        if self.target.known_hosts:
-            return os.path.expanduser(self.target.known_hosts)
-        return os.path.expanduser("~/.ssh/known_hosts")
-
     async def connect(self) -> None:
-        target = self.target
-        where = f"{target.host}:{target.port}"
-        known_hosts = self._known_hosts()
-        options: dict[str, object] = {
-            "port": target.port,
-            "known_hosts": known_hosts,
-            "keepalive_interval": target.keepalive_interval,
-            "keepalive_count_max": target.keepalive_count_max,
-            "config": None,
-        }
-        if target.user:
-            options["username"] = target.user
+        hops = ssh_hops(self.target)
+        self._lost.clear()
+        opened: list[asyncssh.SSHClientConnection] = []
+        try:
+            for index, hop in enumerate(hops):
+                opened.append(await self._open(hop, opened[-1] if opened else None,
+                                               hops[index - 1] if index else None))
+        except BaseException:
+            for conn in reversed(opened):
+                conn.close()
+            raise
+        self._conn, self._jumps = opened[-1], opened[:-1]
+
+    async def _open(self, hop: SshHop, tunnel: asyncssh.SSHClientConnection | None,
+                    via: SshHop | None) -> asyncssh.SSHClientConnection:
+        """One hop, through `tunnel` (the hop before) if any; raises TargetUnreachable naming it."""
+        where = hop.where if via is None else f"{hop.where} through {via.label}"
+        # tunnel=None also keeps asyncssh from following a ProxyJump itself: we open every hop
+        options: dict[str, Any] = {**hop.options, "tunnel": tunnel}
+        known = hop.known_hosts
+        present = [f for f in known if Path(f).is_file()] if known is not None else []
         # A missing file is reported only once the port has answered: an unreachable
         # port must read as unreachable, whatever else is wrong. Until then we connect
         # trusting no host key and offering no client key, so nothing is sent or accepted.
-        identity = os.path.expanduser(target.identity) if target.identity else None
+        missing_known_hosts = known is not None and not present
+        options["known_hosts"] = None if known is None else (present or _trust_no_host_key)
+        identity = os.path.expanduser(hop.identity) if hop.identity else None
         missing_identity = identity is not None and not Path(identity).is_file()
         if identity is not None:
             options["client_keys"] = None if missing_identity else [identity]
             options["agent_path"] = None
-        missing_known_hosts = isinstance(known_hosts, str) and not Path(known_hosts).is_file()
-        if missing_known_hosts:
-            def trust_no_host_key(host: str, addr: str, port: int | None) -> tuple[list, list, list]:
-                return [], [], []  # asyncssh: (trusted host keys, CA keys, revoked keys)
-
-            options["known_hosts"] = trust_no_host_key
-        self._lost.clear()
         try:
-            self._conn = await asyncio.wait_for(
-                asyncssh.connect(target.host, **options), timeout=target.connect_timeout
-            )
+            return await asyncio.wait_for(asyncssh.connect(hop.connect_host, **options), timeout=hop.connect_timeout)
         except (asyncio.TimeoutError, TimeoutError):
-            raise TargetUnreachable(self.name, f"no answer from {where} within {target.connect_timeout:g}s") from None
-        except asyncssh.HostKeyNotVerifiable:
+            raise self._unreachable(f"no answer from {where} within {hop.connect_timeout:g}s") from None
+        except asyncssh.HostKeyNotVerifiable as exc:
+            if known is None:  # not checked: asyncssh refused the key for another reason
+                raise self._unreachable(f"host key of {where} refused: {exc}") from None
+            if missing_known_hosts and len(known) == 1:
+                raise self._unreachable(
+                    f"known_hosts file {known[0]} not found ({where} answers): create it with "
+                    f"`{_keyscan(hop, known[0])}` after checking the key, or pass --known-hosts PATH") from None
             if missing_known_hosts:
-                raise TargetUnreachable(
-                    self.name,
-                    f"known_hosts file {known_hosts} not found ({where} answers): create it with "
-                    f"`ssh-keyscan -p {target.port} {target.host} >> {known_hosts}` after checking the key, "
-                    "or pass --known-hosts PATH",
-                ) from None
-            raise TargetUnreachable(
-                self.name,
-                f"host key of {where} not verified against {known_hosts} (unknown or changed): "
-                f"check it, then `ssh-keyscan -p {target.port} {target.host} >> {known_hosts}`; "
-                "or set insecure_skip_host_key_check = true for this target",
-            ) from None
+                raise self._unreachable(
+                    f"no known_hosts file for {where} (it answers; looked at {', '.join(known)}): create one "
+                    f"with `{_keyscan(hop, known[0])}` after checking the key, or pass --known-hosts PATH") from None
+            raise self._unreachable(
+                f"host key of {where} not verified against {', '.join(present)} (unknown or changed): "
+                f"check it, then `{_keyscan(hop, present[0])}`; "
+                "or set insecure_skip_host_key_check = true for this target") from None
         except asyncssh.PermissionDenied:
             if missing_identity:
-                raise TargetUnreachable(self.name, f"identity file {identity} not found ({where} answers): "
-                                                   "pass --identity PATH") from None
-            how = f"key {target.identity}" if target.identity else "ssh-agent / default keys"
-            raise TargetUnreachable(self.name, f"authentication failed for {target.user or 'user'}@{where} with {how}") from None
+                raise self._unreachable(f"identity file {identity} not found ({where} answers): "
+                                        "pass --identity PATH") from None
+            if hop.where == hop.label:  # host:port, as given
+                raise self._unreachable(f"authentication failed for {hop.user or 'user'}@{where} with {hop.keys}") from None
+            raise self._unreachable(f"authentication failed as {hop.user} on {where} with {hop.keys}") from None
         except asyncssh.KeyImportError as exc:
-            raise TargetUnreachable(self.name, f"cannot load identity {target.identity}: {exc}") from None
+            raise self._unreachable(f"cannot load identity {hop.identity or hop.keys} for {where}: {exc}") from None
         except asyncssh.DisconnectError as exc:
-            raise TargetUnreachable(self.name, f"{where} disconnected: {exc.reason or exc}") from None
+            raise self._unreachable(f"{where} disconnected: {exc.reason or exc}") from None
+        except asyncssh.ChannelOpenError as exc:
+            # the hop before answered, but could not reach this one
+            raise self._unreachable(f"{via.label if via else 'the jump host'} could not connect to "
+                                    f"{hop.host}:{hop.port} for {hop.label}: {exc.reason or exc}") from None
         except ConnectionRefusedError:
-            raise TargetUnreachable(self.name, f"connection refused on {where}: is sshd listening there?") from None
+            raise self._unreachable(f"connection refused on {where}: is sshd listening there?") from None
         except OSError as exc:
-            raise TargetUnreachable(self.name, f"cannot connect to {where}: {exc.strerror or exc}") from None
+            raise self._unreachable(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        except asyncssh.ConfigParseError as exc:
+            raise self._unreachable(f"ssh config: {exc}") from None
         except ValueError as exc:
             # asyncssh's word for a known_hosts file it cannot read
-            raise TargetUnreachable(self.name, f"cannot read known_hosts {known_hosts}: {exc}") from None
+            raise self._unreachable(f"cannot read known_hosts {', '.join(present)}: {exc}") from None
         except asyncssh.Error as exc:
-            raise TargetUnreachable(self.name, f"{where}: {exc}") from None
+            raise self._unreachable(f"{where}: {exc}") from None
+
+    def _unreachable(self, reason: str) -> TargetUnreachable:
+        return TargetUnreachable(self.name, reason)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
+        jumps, self._jumps = self._jumps, []
         self._lost.set()
-        if conn is not None:
-            conn.close()
+        for each in [conn, *reversed(jumps)]:
+            if each is None:
+                continue
+            each.close()
             try:
-                await asyncio.shield(asyncio.wait_for(conn.wait_closed(), 5))
+                await asyncio.shield(asyncio.wait_for(each.wait_closed(), 5))
             except (asyncio.TimeoutError, TimeoutError, OSError):
                 pass
 

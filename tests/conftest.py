@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import TargetConfig
 from tests.agent_process import agents  # noqa: F401 (a fixture: every agent process a test starts is killed)
-from tests.sshd import ROOTLESS_USER, SshServer, make_sshd, missing_tools
+from tests.sshd import ROOTLESS_USER, SshServer, make_sshd, missing_tools, namespace_tools_missing
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -33,6 +33,31 @@ def sshd() -> SshServer:
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def jump_pair() -> tuple[SshServer, SshServer]:
+    """(outer, inner): a jump host on 127.0.0.1 and a node on 127.0.0.2 that only the jump host
+    reaches. inner's sshd runs in a network namespace of its own, so no process here can connect
+    to it; outer answers here and runs each session in inner's namespace (tests/sshd.py)."""
+    require_e2e()
+    missing = namespace_tools_missing()
+    if missing:
+        message = "jump host test needs: " + "; ".join(missing)
+        pytest.fail(message + " (CI=true never skips)") if IN_CI else pytest.skip(message)
+    inner = make_sshd(["root", ROOTLESS_USER], listen="127.0.0.2", isolated=True)
+    outer = make_sshd(["root", ROOTLESS_USER], front_of=inner)
+    inner.start()
+    try:
+        outer.start()
+    except BaseException:
+        inner.stop()
+        raise
+    yield outer, inner
+    outer.stop()
+    inner.stop()
+    shutil.rmtree(outer.dir, ignore_errors=True)
+    shutil.rmtree(inner.dir, ignore_errors=True)
 
 
 def ssh_target(server: SshServer, user: str, **extra: object) -> TargetConfig:

@@ -1,4 +1,10 @@
-"""A real OpenSSH sshd on 127.0.0.1 for end-to-end tests: own host key, own config, free port."""
+"""A real OpenSSH sshd on loopback for end-to-end tests: own host key, own config, free port.
+
+Two of them make a jump host and a node behind it (make_sshd(isolated=True) for the node,
+make_sshd(front_of=node) for the jump host): the node's sshd runs in a network namespace of its
+own, so nothing in ours can reach it at all; the jump host answers in ours, and each of its
+sessions runs in the node's namespace, where the node listens. Only loopback is used.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,6 +55,49 @@ def missing_tools() -> list[str]:
     return missing
 
 
+# Brings up `lo` in a fresh network namespace (ioctl, so no `ip` is needed), then execs argv[1:].
+_LO_UP_THEN_EXEC = r"""
+import fcntl, os, socket, struct, sys
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+with socket.socket() as sock:
+    flags = struct.unpack("16sH22x", fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0)))[1]
+    fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+# A jump host's listener: accepts in our namespace, and runs `sshd -i` for each connection inside
+# the namespace of the node behind it (its pid is read from a file, so the node may restart).
+_ACCEPT_INTO_NAMESPACE = r"""
+import signal, socket, subprocess, sys
+listen, port, pid_file, sshd, config, log = sys.argv[1:7]
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((listen, int(port)))
+server.listen(32)
+errors = open(log, "ab")
+while True:
+    conn, _ = server.accept()
+    with open(pid_file) as f:
+        pid = f.read().strip()
+    subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sshd, "-i", "-e", "-f", config],
+                     stdin=conn, stdout=conn, stderr=errors)
+    conn.close()
+"""
+
+_ANSWERS = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.5) as sock:
+    sys.exit(0 if sock.recv(4).startswith(b"SSH") else 1)
+"""
+
+
+def namespace_tools_missing() -> list[str]:
+    """What a jump-host pair needs beyond missing_tools()."""
+    return [f"{tool} (apt-get install util-linux)" for tool in ("unshare", "nsenter") if shutil.which(tool) is None]
+
+
 @dataclass
 class SshServer:
     """One running sshd and the files a client needs to reach it."""
@@ -59,6 +109,15 @@ class SshServer:
     host_key: Path
     config: Path
     process: subprocess.Popen | None = None
+    listen: str = "127.0.0.1"
+    # in a network namespace of its own: no process outside it (the tests, podwarden) can connect
+    isolated: bool = False
+    # a jump host: answers here, but its sessions run in that (isolated) server's namespace
+    front_of: "SshServer | None" = None
+
+    @property
+    def netns_pid_file(self) -> Path:
+        return self.dir / "netns.pid"
 
     def start(self) -> None:
         """Start sshd and wait until it accepts connections."""
@@ -67,16 +126,37 @@ class SshServer:
         if check.returncode != 0:
             raise RuntimeError(f"sshd config invalid: {check.stderr}")
         log = open(self.dir / "sshd.log", "ab")
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log)
+        if self.isolated:
+            argv = ["unshare", "--net", sys.executable, "-c", _LO_UP_THEN_EXEC, SSHD, "-D", "-e", "-f", str(self.config)]
+        elif self.front_of is not None:
+            argv = [sys.executable, "-c", _ACCEPT_INTO_NAMESPACE, self.listen, str(self.port),
+                    str(self.front_of.netns_pid_file), SSHD, str(self.config), str(self.dir / "sshd.log")]
+        else:
+            argv = [SSHD, "-D", "-e", "-f", str(self.config)]
+        self.process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        if self.isolated:
+            self.netns_pid_file.write_text(str(self.process.pid))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if self.answers():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd did not start on {self.listen}:{self.port}: see {self.dir / 'sshd.log'}")
+
+    def answers(self) -> bool:
+        """Whether an SSH banner comes from listen:port, seen from the server's own namespace."""
+        if not self.isolated:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    if sock.recv(4).startswith(b"SSH"):
-                        return
+                with socket.create_connection((self.listen, self.port), timeout=0.5) as sock:
+                    return sock.recv(4).startswith(b"SSH")
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"sshd did not start on port {self.port}: see {self.dir / 'sshd.log'}")
+                return False
+        assert self.process is not None
+        probe = subprocess.run(["nsenter", f"--net=/proc/{self.process.pid}/ns/net", "--", sys.executable, "-c",
+                                _ANSWERS, self.listen, str(self.port)], capture_output=True)
+        return probe.returncode == 0
 
     def stop(self) -> None:
         """Stop sshd and every session it forked."""
@@ -97,11 +177,27 @@ class SshServer:
         self.start()
 
     def url(self, user: str) -> str:
-        return f"ssh://{user}@127.0.0.1:{self.port}"
+        return f"ssh://{user}@{self.listen}:{self.port}"
+
+    def authorize(self, public_key: Path) -> None:
+        """Let a client key in too (sshd reads authorized_keys at each login)."""
+        with open(self.dir / "authorized_keys", "a") as keys:
+            keys.write(public_key.read_text())
+
+    def known_hosts_line(self) -> str:
+        """This server's host key as a known_hosts line, under listen:port."""
+        kind, key = self.host_key.with_suffix(".pub").read_text().split()[:2]
+        return f"[{self.listen}]:{self.port} {kind} {key}\n"
 
 
-def make_sshd(users: list[str]) -> SshServer:
-    """Write keys and config for a fresh sshd on a free port (not started)."""
+def make_sshd(users: list[str], *, listen: str = "127.0.0.1", isolated: bool = False,
+              front_of: SshServer | None = None) -> SshServer:
+    """Write keys and config for a fresh sshd on a free port (not started).
+
+    `isolated`: it will run in a network namespace of its own (a node behind a jump host).
+    `front_of`: a jump host for that isolated server (TCP forwarding allowed; its sessions, and so
+    the connections it forwards, start in that server's namespace).
+    """
     base = Path(tempfile.mkdtemp(prefix="podwarden-sshd-"))
     base.chmod(0o755)
     host_key = base / "host_ed25519"
@@ -117,7 +213,7 @@ def make_sshd(users: list[str]) -> SshServer:
         "\n".join(
             [
                 f"Port {port}",
-                "ListenAddress 127.0.0.1",
+                f"ListenAddress {listen}",
                 f"HostKey {host_key}",
                 f"PidFile {base / 'sshd.pid'}",
                 f"AuthorizedKeysFile {authorized}",
@@ -132,11 +228,12 @@ def make_sshd(users: list[str]) -> SshServer:
                 "ClientAliveInterval 0",
                 "LogLevel ERROR",
                 "Subsystem sftp internal-sftp",
+                *(["AllowTcpForwarding yes"] if front_of is not None else []),
                 "",
             ]
         )
     )
-    host_pub = host_key.with_suffix(".pub").read_text().split()
-    known_hosts = base / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    return SshServer(base, port, identity, known_hosts, host_key, config)
+    server = SshServer(base, port, identity, base / "known_hosts", host_key, config, listen=listen,
+                       isolated=isolated, front_of=front_of)
+    server.known_hosts.write_text(server.known_hosts_line())
+    return server

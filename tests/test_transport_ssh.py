@@ -205,3 +205,14 @@ def test_dropped_link_is_noticed(sshd):
         finally:
             await tr.close()
     assert run(go()) is False
+
+
+def test_hashed_known_hosts_entries_verify(sshd, tmp_path):
+    hashed = tmp_path / "known_hosts"
+    hashed.write_text(sshd.known_hosts.read_text())
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(hashed)], check=True, capture_output=True)
+    assert "127.0.0.1" not in hashed.read_text() and hashed.read_text().startswith("|1|")
+    async def go():
+        async with make_transport(ssh_target(sshd, "root").model_copy(update={"known_hosts": str(hashed)})) as tr:
+            return await tr.run(["true"])
+    assert run(go()).ok
