@@ -72,7 +72,8 @@ class Options:
         if all_targets:
             if not config.targets:
                 raise UsageError("--all-targets: the config has no [targets]")
-            return list(config.targets.values())
+            # each through resolve_target: a mistyped ssh_alias is exit 2 here, not exit 3 at connect
+            return [resolve_target(config, name, self.identity, self.known_hosts) for name in config.targets]
         return [self.target_for(config)]
 
     def db_path(self, config: Config) -> str:
@@ -114,8 +115,9 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
                   help="Config file (default ./config.toml).")
     @click.option("--db", type=click.Path(dir_okay=False), default=None,
                   help="SQLite store file (default from config: podwarden.db).")
-    @click.option("--target", default=None, metavar="NAME|local|ssh://user@host:port",
-                  help="Which node to talk to (default: the config's default_target).")
+    @click.option("--target", default=None, metavar="NAME|local|ssh://user@host:port|SSH-ALIAS",
+                  help="Which node to talk to: a configured target, local, an ssh URL or a Host alias of your "
+                       "ssh config (default: the config's default_target).")
     @click.option("--identity", type=click.Path(dir_okay=False), default=None,
                   help="SSH private key file for the target.")
     @click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False), default=None,
@@ -138,6 +140,16 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return wrapper
+
+
+def metrics_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--metrics and --metrics-any-address, for the verbs that watch (watch, soak, run)."""
+    func = click.option("--metrics-any-address", "metrics_any_address", is_flag=True,
+                        help="Allow --metrics on an address other than loopback (the metrics name every "
+                             "container and its state).")(func)
+    return click.option("--metrics", default=None, metavar="HOST:PORT",
+                        help="Serve Prometheus metrics at http://HOST:PORT/metrics meanwhile (default [watch] "
+                             "metrics; off: none). Loopback only unless --metrics-any-address.")(func)
 
 
 def run_async(coro: Awaitable[int]) -> int:
@@ -211,8 +223,10 @@ def status(opts: Options) -> int:
               help="Stop after this long (30s, 5m, 8h). Default: until Ctrl-C or SIGTERM.")
 @click.option("--all-targets", is_flag=True, help="Watch every target in the config at once.")
 @click.option("--no-dashboard", is_flag=True, help="No live table (for logs and CI); progress on stderr.")
+@metrics_options
 @common_options
-def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: bool) -> int:
+def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: bool, metrics: str | None,
+          metrics_any_address: bool) -> int:
     """Record everything the node says until stopped: events, logs, snapshots, state changes.
 
     Every observation goes to the SQLite store; a dropped link is reconnected and
@@ -225,6 +239,7 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
       podwarden watch --for 8h
       podwarden watch --target ssh://bitcoin@127.0.0.1:2222 --json | jq .
       podwarden watch --dry-run            # hooks record what they would do, and do nothing
+      podwarden watch --metrics 127.0.0.1:9464   # Prometheus scrapes http://127.0.0.1:9464/metrics
     """
     from agent import watch as verb
     from agent.dashboard import render as frame
@@ -258,8 +273,9 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
                 else:
                     err.print(f"recording run {rec.run_id} into {db}" + (" (hooks: dry run)" if opts.dry_run else ""),
                               markup=False)
+                served = {"metrics": metrics, "metrics_any_address": metrics_any_address}
                 if opts.json or no_dashboard:
-                    await verb.watch(rec, watchers, stop, seconds, window=window)
+                    await verb.watch(rec, watchers, stop, seconds, window=window, **served)
                 else:
                     def draw() -> Any:
                         return frame(rec.fleet, [w.view for w in watchers], rec.started_ns,
@@ -267,7 +283,7 @@ def watch(opts: Options, duration: str | None, all_targets: bool, no_dashboard: 
 
                     with Live(draw(), console=out, refresh_per_second=2, transient=False) as live:
                         await verb.watch(rec, watchers, stop, seconds, window=window,
-                                         on_tick=lambda: live.update(draw()))
+                                         on_tick=lambda: live.update(draw()), **served)
                 count = len(rec.sink.changes)
                 drifts = len(window.detector.drifts)
         finally:
@@ -566,8 +582,10 @@ def experiment_service(opts: Options, name: str, deadline: str | None) -> int:
 @click.option("--for", "duration", default=None, metavar="DURATION",
               help="How long the window lasts once every target is watched (default [soak] duration: 5m).")
 @click.option("--all-targets", is_flag=True, help="Soak every target in the config at once.")
+@metrics_options
 @common_options
-def soak(opts: Options, duration: str | None, all_targets: bool) -> int:
+def soak(opts: Options, duration: str | None, all_targets: bool, metrics: str | None,
+         metrics_any_address: bool) -> int:
     """Hold a window and prove zero drift (the seed's C5), or list exactly what drifted and why.
 
     Watches as `watch` does (hooks included), re-runs every probe each [soak]
@@ -592,8 +610,8 @@ def soak(opts: Options, duration: str | None, all_targets: bool) -> int:
         stop = asyncio.Event()
         undo = install_stop_signals(stop)
         try:
-            return await verb(config, targets, db, seconds, dry_run=opts.dry_run, stop=stop, progress=progress), \
-                stop.is_set()
+            return await verb(config, targets, db, seconds, dry_run=opts.dry_run, stop=stop, progress=progress,
+                              metrics=metrics, metrics_any_address=metrics_any_address), stop.is_set()
         finally:
             undo()
 
@@ -623,9 +641,11 @@ def soak(opts: Options, duration: str | None, all_targets: bool) -> int:
 @click.option("--fail-fast", is_flag=True, help="Stop the plan at the first failed stage or experiment.")
 @click.option("--report-dir", default=None, type=click.Path(file_okay=False),
               help="Where the report goes (default [podwarden] reports: ./reports).")
+@metrics_options
 @common_options
 def run_plan(opts: Options, soak_for: str | None, skip: tuple[str, ...], kinds: tuple[str, ...], hold: str | None,
-             recovery: str | None, fail_fast: bool, report_dir: str | None) -> int:
+             recovery: str | None, fail_fast: bool, report_dir: str | None, metrics: str | None,
+             metrics_any_address: bool) -> int:
     """The whole overnight plan as one run: baseline check, experiments, check, soak, status, report.
 
     Every experiment the config allows (a crash of each container expected up, a cascade
@@ -657,7 +677,8 @@ def run_plan(opts: Options, soak_for: str | None, skip: tuple[str, ...], kinds: 
             return await verb(config, target, db, soak_s=soak_s, skip=skip, kinds=kinds or ("restart", "cascade",
                               "service"), hold_s=seconds_of("--hold", hold),
                               recovery_s=seconds_of("--recovery", recovery), fail_fast=fail_fast,
-                              dry_run=opts.dry_run, report_dir=report_dir, stop=stop, progress=progress)
+                              dry_run=opts.dry_run, report_dir=report_dir, stop=stop, progress=progress,
+                              metrics=metrics, metrics_any_address=metrics_any_address)
         finally:
             undo()
 
@@ -851,10 +872,13 @@ def replay(opts: Options, run_id: int | None, since: str | None, until: str | No
            verify: bool, speed: float | None) -> int:
     """Replay stored observations through fresh state machines: the night again, change by change.
 
-    A run replays from its first observation, with the machine settings it was recorded
-    with, and --verify proves the replay makes exactly the changes stored live. A window
-    (--since/--until, or --soak RUN) starts from each container's newest snapshot before
-    it. --target NAME keeps one target's observations (nothing is asked of it).
+    Prints the timeline: every state change, drift, podwarden action and stored finding
+    with its time. A run replays from its first observation with the machine settings it
+    was recorded with, and --verify proves the replay makes exactly the changes stored
+    live. Drift is found again in each window the store marks (a watch's, a soak's) with
+    the config of now: new expectations apply to old nights. A window (--since/--until,
+    or --soak RUN) starts from each container's newest snapshot before it. --target NAME
+    keeps one target's observations (nothing is asked of it).
 
     \b
     Example:
@@ -872,15 +896,15 @@ def replay(opts: Options, run_id: int | None, since: str | None, until: str | No
     db = opts.db_path(config)
     since_ns, until_ns = q.parse_when("--since", since), q.parse_when("--until", until)
 
-    def show(item: Any) -> None:
-        out.print(render.replayed_change(item), soft_wrap=True)
+    def show(kind: str, at_ns: int, item: Any) -> None:
+        out.print(render.replayed_item(kind, at_ns, item), soft_wrap=True)
 
     with StoreReader(db) as reader:
         try:
             run_id, since_ns, until_ns = scope(reader, run_id, soak_run, since_ns, until_ns)
             outcome = replay_verb(reader, run_id=run_id, since_ns=since_ns, until_ns=until_ns, target=opts.target,
-                                  verify=verify, speed=speed, on_change=None if opts.json else show,
-                                  progress=progress)
+                                  verify=verify, speed=speed, on_item=None if opts.json else show,
+                                  progress=progress, config=config)
         except ValueError as exc:
             raise UsageError(f"replay: {exc}") from None
     if opts.json:
@@ -888,6 +912,43 @@ def replay(opts: Options, run_id: int | None, since: str | None, until: str | No
     else:
         out.print(render.replay_summary(outcome))
     return EXIT_FAIL if outcome.verified is False else EXIT_OK
+
+
+# ---------------------------------------------------------------- init
+
+@cli.command()
+@click.option("-o", "--output", default=DEFAULT_CONFIG, type=click.Path(dir_okay=False), show_default=True,
+              help="Where to write the config.")
+@click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+@click.option("--only", "only", multiple=True, metavar="PATTERN",
+              help="Describe only containers whose name matches this glob (repeatable), e.g. 'btc-*'.")
+@common_options
+def init(opts: Options, output: str, force: bool, only: tuple[str, ...]) -> int:
+    """Discover the target's containers and write a commented starting config for it.
+
+    One entry per container (its health check as a probe, an http probe per published
+    HTTP port, the expected state from its current state), the target as given
+    (ssh://user@host:port, a configured target, or local). Nothing is changed on the node
+    (its health checks are run once); an existing file is never overwritten without --force.
+
+    \b
+    Example:
+      podwarden init --target mynode -o mynode.toml
+      podwarden init --target ssh://bitcoin@10.0.0.5:22 --identity ~/.ssh/id_ed25519 --force
+      podwarden init --target local --only 'btc-*' -o btc.toml
+    Exit 0 written, 2 the file exists (without --force), 3 unreachable.
+    """
+    from agent.init import init as verb
+
+    opts.never_acts("init")
+    config = opts.load_config() if opts.config else config_from_dict({}, "<defaults>")
+    target = opts.target_for(config)
+    outcome = run_async(verb(config, target, opts.target, output, force=force, progress=progress, only=only))
+    if opts.json:
+        opts.emit(outcome.to_json())
+    else:
+        out.print(render.init_outcome(outcome))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- demo

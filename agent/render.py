@@ -241,10 +241,30 @@ def replayed_change(item: Any) -> Text:
     return text
 
 
+def replayed_item(kind: str, at_ns: int, item: Any) -> Text:
+    """One timeline item of a replay: a change, a drift, an action or a finding, with its time."""
+    from agent.podman import format_time_ns
+
+    if kind == "change":
+        return replayed_change(item)
+    stamp = (format_time_ns(at_ns)[11:23] + " ", "dim") if at_ns else ("", "")
+    if kind == "drift":
+        count = f" (x{item.count})" if getattr(item, "count", 1) > 1 else ""
+        return Text.assemble(stamp, f"{item.target}/{item.container or '-'} ", (f"DRIFT {item.kind}", "magenta"),
+                             f"  {item.reason}{count}")
+    if kind == "action":
+        how = "would " if item.dry_run else ("" if item.ok else "FAILED ")
+        return Text.assemble(stamp, f"{item.target}/{item.container or '-'} ", (f"ACTION {how}{item.action}", "blue"),
+                             f"  {item.detail[:200]}")
+    return Text.assemble(stamp, f"{item.target}/{item.container or '-'} ",
+                         (f"FINDING {item.severity} {item.rule}", "yellow"), f"  {item.message[:300]}")
+
+
 def replay_summary(outcome: Any) -> Text:
     """How much was replayed and, with --verify, whether it matched the stored changes."""
     scope = f"run {outcome.run_id}" if outcome.run_id is not None else "the window"
-    text = f"replayed {scope}: {outcome.observations} observations, {len(outcome.changes)} changes"
+    text = (f"replayed {scope}: {outcome.observations} observations, {len(outcome.changes)} changes, "
+            f"{len(outcome.drifts)} drift(s), {len(outcome.actions)} action(s), {len(outcome.findings)} finding(s)")
     if outcome.warm_up:
         text += f" (machines warmed up from {outcome.warm_up} snapshot(s) before the window)"
     if outcome.verified is True:
@@ -266,3 +286,29 @@ def query_table(subject: str, columns: list[str], rows: list[list[str]], more: b
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     return table
+
+
+# ---------------------------------------------------------------- init
+
+
+def init_outcome(outcome: Any) -> Group:
+    """What `podwarden init` found on the node, what it wrote and where, and what it accepted as found."""
+    table = Table(title=f"{outcome.target}: {len(outcome.containers)} container(s)", title_justify="left")
+    for column in ("container", "now", "expected", "probes", "guess", "notes"):
+        table.add_column(column, overflow="fold")
+    for c in outcome.containers:
+        now = c.state + (f" ({c.health})" if c.health else "")
+        probes = ", ".join(p.name for p in c.probes if p.written) or "-"
+        guess = ", ".join(part for part in (c.role_guess and f"role {c.role_guess}",
+                                            c.depends_on_guess and f"needs {', '.join(c.depends_on_guess)}") if part)
+        table.add_row(Text(c.name), Text(now), Text(c.expected_state), Text(probes), Text(guess or "-"),
+                      Text("; ".join(c.notes) or "-", style="yellow" if c.notes else ""))
+    parts: list[Any] = [table]
+    for container, what in outcome.accepted:
+        parts.append(Text.assemble(("accepted as found: ", "yellow"), f"{container}: {what}"))
+    for note in outcome.notes:
+        parts.append(Text(f"note: {note}", style="dim"))
+    verb = "replaced" if outcome.replaced else "wrote"
+    parts.append(Text(f"{verb} {outcome.path}: {len(outcome.containers)} container(s), {len(outcome.probes)} probe(s) "
+                      f"for target {outcome.target}; next: podwarden check --config {outcome.path}", style="bold"))
+    return Group(*parts)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from agent.config import Config
+from agent.windows import WINDOW_END, WINDOW_START, drift_detector
 from machines.container import Fleet, MachineSettings, StateChange
 from store import ChangeRecord, ObservationRecord, StoreReader
 
@@ -53,9 +55,11 @@ def stored_key(record: ChangeRecord) -> tuple:
 
 def replay(records: Iterable[ObservationRecord], settings: MachineSettings,
            warm_up: Iterable[ObservationRecord] = (), on_change: Callable[[Replayed], None] | None = None,
-           counter: list[int] | None = None) -> list[Replayed]:
+           counter: list[int] | None = None,
+           on_fed: Callable[[Fleet, ObservationRecord, list[StateChange]], None] | None = None) -> list[Replayed]:
     """Feed `warm_up` then `records` (in the order given) to fresh machines; every change the
-    records make (the warm-up's are not kept), each passed to `on_change` as it is made."""
+    records make (the warm-up's are not kept), each passed to `on_change` as it is made, and
+    each record with the fleet and its changes to `on_fed` (drift is fed there, as live)."""
     fleet = Fleet(settings)
     made: list[Replayed] = []
     try:
@@ -64,11 +68,14 @@ def replay(records: Iterable[ObservationRecord], settings: MachineSettings,
         for record in records:
             if counter is not None:
                 counter[0] += 1
-            for change in fleet.feed(record.obs):
+            changes = fleet.feed(record.obs)
+            for change in changes:
                 item = Replayed(record.id, change)
                 made.append(item)
                 if on_change is not None:
                     on_change(item)
+            if on_fed is not None:
+                on_fed(fleet, record, changes)
     finally:
         fleet.close()
     return made
@@ -109,6 +116,9 @@ class ReplayOutcome:
     observations: int = 0
     warm_up: int = 0
     changes: list[Replayed] = field(default_factory=list)
+    drifts: list[Any] = field(default_factory=list)  # machines.drift.Drift, with the config of now
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
     stored: int | None = None  # the stored changes compared (with --verify)
     difference: str | None = None
 
@@ -120,7 +130,9 @@ class ReplayOutcome:
         return {"run_id": self.run_id, "since": self.since_ns, "until": self.until_ns, "target": self.target,
                 "observations": self.observations, "warm_up_snapshots": self.warm_up,
                 "verified": self.verified, "stored_changes": self.stored, "difference": self.difference,
-                "changes": [change_json(item) for item in self.changes]}
+                "changes": [change_json(item) for item in self.changes],
+                "drifts": [drift.to_json() for drift in self.drifts], "actions": self.actions,
+                "findings": self.findings}
 
 
 def change_json(item: Replayed) -> dict[str, Any]:
@@ -151,7 +163,8 @@ def scope(reader: StoreReader, run_id: int | None, soak_run: int | None, since_n
         if not soaks:
             raise ValueError(f"--soak {soak_run}: run {soak_run} has no soak "
                              "(`podwarden query experiments --kind soak` lists them)")
-        return None, soaks[-1].started_ns, soaks[-1].ended_ns
+        ended = soaks[-1].ended_ns
+        return None, soaks[-1].started_ns, None if ended is None else ended + 1  # the window's end record in it
     if run_id is not None and (since_ns is not None or until_ns is not None):
         raise ValueError("--run or --since/--until, not both")
     if run_id is None and since_ns is None and until_ns is None:
@@ -162,15 +175,24 @@ def scope(reader: StoreReader, run_id: int | None, soak_run: int | None, since_n
     return run_id, since_ns, until_ns
 
 
+MAX_LISTED = 10_000  # drifts, actions and findings a replay lists (changes: all)
+
+
 def replay_verb(reader: StoreReader, *, run_id: int | None = None, since_ns: int | None = None,
                 until_ns: int | None = None, target: str | None = None, verify: bool = False,
                 speed: float | None = None, on_change: Callable[[Replayed], None] | None = None,
-                progress: Callable[[str], None] | None = None) -> ReplayOutcome:
+                progress: Callable[[str], None] | None = None, config: Config | None = None,
+                on_item: Callable[[str, int, Any], None] | None = None) -> ReplayOutcome:
     """Replay a run (`run_id`) or a window (`since_ns`..`until_ns`, either open) of the store.
 
-    `speed`: pace the changes at N times the speed they happened (gaps capped at 5 s of
-    wall time); None replays at once. `verify` (a run only, whole): compare with the
-    stored changes. Raises NoRun, StoreError, ValueError (verify without a run).
+    The machines run with the settings the run was recorded with. With `config` (the config
+    of now), drift is found again in every window the store marks (a watch's, a soak's),
+    with today's expectations: new rules apply to old nights. podwarden's actions and the
+    stored findings come in the timeline too; `on_item(kind, at_ns, item)` gets each
+    (`change`, `drift`, `action`, `finding`) in order. `speed`: pace them at N times the
+    speed they happened (gaps capped at 5 s of wall time); None replays at once. `verify`
+    (a run only, whole): compare the changes with the stored ones. Raises NoRun,
+    StoreError, ValueError (verify without a run).
     """
     if verify and (run_id is None or since_ns is not None or until_ns is not None or target is not None):
         raise ValueError("--verify needs a whole run (--run ID without --since, --until or --target): only a run's "
@@ -184,25 +206,76 @@ def replay_verb(reader: StoreReader, *, run_id: int | None = None, since_ns: int
     counter = [0]
     last_at: list[int | None] = [None]
     shown = [time.monotonic()]
-
     made = [0]
+    windowed = run_id is not None or since_ns is not None or until_ns is not None
+    findings = sorted((f for f in reader.findings(run_id=run_id) if windowed
+                       and (target is None or f.target == target)
+                       and (since_ns is None or f.at_ns >= since_ns) and (until_ns is None or f.at_ns < until_ns)),
+                      key=lambda f: f.at_ns)
+    pending = list(reversed(findings))
+
+    def emit(kind: str, at: int, item: Any) -> None:
+        """One timeline item, paced, after the stored findings made before it."""
+        while kind != "finding" and pending and pending[-1].at_ns <= at:
+            finding = pending.pop()
+            emit("finding", finding.at_ns, finding)
+        if speed:
+            if last_at[0] is not None and at > last_at[0]:
+                time.sleep(min((at - last_at[0]) / _S / speed, 5.0))
+        last_at[0] = at if last_at[0] is None else max(at, last_at[0])
+        if kind == "finding" and len(outcome.findings) < MAX_LISTED:
+            outcome.findings.append({"target": item.target, "container": item.container, "at_ns": item.at_ns,
+                                     "rule": item.rule, "severity": item.severity, "message": item.message})
+        if on_item is not None:
+            on_item(kind, at, item)
 
     def paced(item: Replayed) -> None:
         made[0] += 1
-        if speed:
-            at = item.change.at_ns
-            if last_at[0] is not None and at > last_at[0]:
-                time.sleep(min((at - last_at[0]) / _S / speed, 5.0))
-            last_at[0] = at
+        emit("change", item.change.at_ns, item)
         if on_change is not None:
             on_change(item)
         if progress is not None and time.monotonic() - shown[0] >= 5.0:
             shown[0] = time.monotonic()
             progress(f"replayed {counter[0]} observations, {made[0]} changes so far")
 
+    detector: list[Any] = [None]
+    targets = [target] if target else sorted({t for run in reader.runs() for t in run.targets})
+
+    def fed(fleet: Fleet, record: ObservationRecord, changes: list[StateChange]) -> None:
+        obs = record.obs
+        if obs.kind == "action" and len(outcome.actions) < MAX_LISTED:
+            outcome.actions.append({"target": obs.target, "container": obs.container, "at_ns": obs.at_ns,
+                                    "action": obs.action, "detail": obs.detail, "ok": obs.ok, "dry_run": obs.dry_run})
+            emit("action", obs.at_ns, obs)
+        if config is None:
+            return
+        if obs.kind == "agent" and obs.what == WINDOW_START and (detector[0] is None or detector[0].finished):
+            detector[0] = drift_detector(config, targets)
+            detector[0].start(fleet, obs.at_ns)
+            return
+        window = detector[0]
+        if window is None or not window.started or window.finished:
+            return
+        found = list(window.feed(obs, changes, record.id))
+        if obs.kind == "agent" and obs.what == WINDOW_END:
+            found += window.finish(obs.at_ns)
+        for drift in found:
+            if len(outcome.drifts) < MAX_LISTED:
+                outcome.drifts.append(drift)
+            emit("drift", drift.at_ns, drift)
+
     records = reader.arrival_records(run_id=run_id, since_ns=since_ns, until_ns=until_ns, target=target,
                                      lean_logs=True)
-    outcome.changes = replay(records, settings, warm_up, paced, counter)
+    outcome.changes = replay(records, settings, warm_up, paced, counter, fed)
+    if detector[0] is not None and not detector[0].finished:
+        # a window still open where the replay ends (a soak cut short): it closes there
+        for drift in detector[0].finish(last_at[0] or 0):
+            if len(outcome.drifts) < MAX_LISTED:
+                outcome.drifts.append(drift)
+            emit("drift", drift.at_ns, drift)
+    while pending:
+        finding = pending.pop()
+        emit("finding", finding.at_ns, finding)
     outcome.observations = counter[0]
     if verify and run_id is not None:
         stored = sorted(reader.changes(run_id=run_id), key=lambda record: record.id)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from agent import metrics as prometheus
 from agent.check import CheckReport, run_check
 from agent.config import Config, TargetConfig, format_duration
 from agent.errors import TargetUnreachable, TransportError, UsageError
@@ -149,7 +150,8 @@ async def run(config: Config, target: TargetConfig, db: str, *, soak_s: float | 
               skip: tuple[str, ...] = (), kinds: tuple[str, ...] = ("restart", "cascade", "service"),
               hold_s: float | None = None, recovery_s: float | None = None, fail_fast: bool = False,
               dry_run: bool = False, report_dir: str | None = None, stop: asyncio.Event | None = None,
-              progress: Callable[[str], None] = _quiet) -> RunOutcome:
+              progress: Callable[[str], None] = _quiet, metrics: str | None = None,
+              metrics_any_address: bool = False) -> RunOutcome:
     """The plan against `target`, recorded as one run in `db`, and its report written.
 
     A target lost at a stage ends the plan there: the stage is `unreachable`, the rest
@@ -157,6 +159,10 @@ async def run(config: Config, target: TargetConfig, db: str, *, soak_s: float | 
     Raises ExperimentInterrupted (Ctrl-C during an experiment: rolled back, the run stored
     as interrupted, its report written). A Ctrl-C in any other stage ends the plan there:
     the run is stored as interrupted and its report still written.
+
+    `metrics`: serve Prometheus metrics on HOST:PORT for the whole plan (default [watch]
+    metrics; see agent/metrics.py); a bad address or a port in use raises UsageError or
+    ConfigError before anything is recorded.
     """
     unknown = [s for s in skip if s not in SKIPPABLE]
     if unknown:
@@ -167,12 +173,14 @@ async def run(config: Config, target: TargetConfig, db: str, *, soak_s: float | 
     plan = plan_experiments(config, kinds) if "experiments" not in skip else []
     shown = Progress(progress, list(STAGES))
     outcome = RunOutcome(None, target.name, dry_run=dry_run)
+    endpoint = prometheus.Endpoint.open(config, metrics, any_address=metrics_any_address)
     try:
         async with recording(config, "run", [target.name], db) as rec:
             outcome.run_id = rec.run_id
             try:
-                await _stages(rec, outcome, target, plan, soak_s, skip, hold_s, recovery_s, fail_fast, dry_run,
-                              stop, shown)
+                async with prometheus.serving(rec, endpoint, progress):
+                    await _stages(rec, outcome, target, plan, soak_s, skip, hold_s, recovery_s, fail_fast,
+                                  dry_run, stop, shown)
             except ExperimentInterrupted:
                 outcome.interrupted = True
                 rec.verdict = "interrupted"
@@ -180,6 +188,8 @@ async def run(config: Config, target: TargetConfig, db: str, *, soak_s: float | 
             outcome.interrupted = outcome.interrupted or stop.is_set()
             rec.verdict = outcome.verdict
     finally:
+        if endpoint is not None:
+            endpoint.close()
         # whatever happened, the night so far gets its report
         outcome.reports, outcome.report_error = write_reports(db, outcome.run_id,
                                                               report_dir or config.podwarden.reports, progress)

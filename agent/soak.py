@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from agent import metrics as prometheus
 from agent.check import plan_probes
 from agent.config import Config, TargetConfig, format_duration
 from agent.errors import TargetUnreachable, TransportError
@@ -91,15 +92,24 @@ async def _wait(event: asyncio.Event, stop: asyncio.Event) -> None:
 
 async def soak(config: Config, targets: list[TargetConfig], db: str | None, duration_s: float, *,
                dry_run: bool = False, stop: asyncio.Event | None = None, progress: Callable[[str], None] = _quiet,
-               on_tick: Callable[[Window], None] | None = None) -> SoakOutcome:
+               on_tick: Callable[[Window], None] | None = None, metrics: str | None = None,
+               metrics_any_address: bool = False) -> SoakOutcome:
     """Soak `targets` for `duration_s` once they are watched; the drift found, in one recorded run.
 
-    Raises TargetUnreachable when a target cannot be reached at the start.
+    `metrics`: serve Prometheus metrics on HOST:PORT meanwhile (default [watch] metrics; see
+    agent/metrics.py). Raises UsageError or ConfigError for a bad metrics address or a port in
+    use (before anything is recorded), TargetUnreachable when a target cannot be reached at the start.
     """
-    async with recording(config, "soak", [t.name for t in targets], db) as rec:
-        outcome = await soak_in(rec, targets, duration_s, dry_run=dry_run, stop=stop, progress=progress,
-                                on_tick=on_tick)
-        rec.verdict = "interrupted" if stop is not None and stop.is_set() else outcome.verdict
+    endpoint = prometheus.Endpoint.open(config, metrics, any_address=metrics_any_address)
+    try:
+        async with recording(config, "soak", [t.name for t in targets], db) as rec:
+            async with prometheus.serving(rec, endpoint, progress):
+                outcome = await soak_in(rec, targets, duration_s, dry_run=dry_run, stop=stop, progress=progress,
+                                        on_tick=on_tick)
+            rec.verdict = "interrupted" if stop is not None and stop.is_set() else outcome.verdict
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     return outcome
 
 
@@ -152,8 +162,9 @@ async def soak_in(rec: Recording, targets: list[TargetConfig], duration_s: float
 
     probe_loops = [lambda event, w=w: _probe_loop(config, w, config.soak.probe_interval, probes_run, event)
                    for w in watchers]
+    # metrics: the verb around (soak, run) serves the run's, if asked
     await watch(rec, watchers, soak_stop, None, window=window,
-                also=[lambda event: timing(stop), relay, *probe_loops])
+                also=[lambda event: timing(stop), relay, *probe_loops], metrics="off")
     outcome.started_ns, outcome.ended_ns = window.started_ns, window.ended_ns
     outcome.drifts = list(window.detector.drifts)
     outcome.baselines = list(window.detector.baselines)

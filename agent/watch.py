@@ -14,18 +14,18 @@ from typing import Callable
 
 from loguru import logger
 
-from agent.config import Config, TargetConfig
+from agent import metrics as prometheus
+from agent.config import TargetConfig
 from agent.hooks import Remediator
 from agent.recording import Recording
 from agent.watcher import RESUME_OVERLAP_NS, TargetWatcher
+from agent.windows import WINDOW_END, WINDOW_START, drift_detector  # noqa: F401 (drift_detector: re-exported)
 from machines.container import StateChange
-from machines.drift import DriftDetector, DriftSettings
 from machines.observations import AgentObs, Observation
 
 _S = 1_000_000_000
 # Runs that follow a target's events: their end is where the store's knowledge of it ends.
 WATCHING_COMMANDS = ("watch", "soak", "run", "experiment")
-WINDOW_START, WINDOW_END = "window-start", "window-end"
 # How much earlier than the last watch's end a quiet run's backfill begins (clock offset, lag).
 RESUME_MARGIN_NS = 60 * _S
 
@@ -48,14 +48,8 @@ async def watchers_for(rec: Recording, targets: list[TargetConfig]) -> list[Targ
                 resume -= RESUME_MARGIN_NS
         watchers.append(TargetWatcher(target, rec.config, rec.sink, start_ns=rec.started_ns,
                                       last_event_ns=last, seen_events=seen, resume_ns=resume))
+    prometheus.register(rec, watchers)  # the metrics endpoint serving the run, if any, reads them
     return watchers
-
-
-def drift_detector(config: Config, targets: list[str]) -> DriftDetector:
-    """A detector expecting each configured container of each target in its expected state."""
-    expected = {(target, name): own.expected_state for target in targets for name, own in config.containers.items()}
-    settings = DriftSettings(link_lost_max_ns=int(config.soak.link_lost_max * _S), max_per_kind=config.soak.max_per_kind)
-    return DriftDetector(expected, settings, others=None if config.containers else "running")
 
 
 class Window:
@@ -73,6 +67,7 @@ class Window:
         self.opened = asyncio.Event()
         rec.sink.on_fed.append(self._fed)
         rec.sink.on_finding.append(self._finding)
+        prometheus.register(rec, window=self)
 
     def _fed(self, obs: Observation, changes: list[StateChange], obs_id: int | None) -> None:
         for remediator in self.remediators:
@@ -125,10 +120,28 @@ class Window:
 
 async def watch(rec: Recording, watchers: list[TargetWatcher], stop: asyncio.Event, duration: float | None,
                 *, on_tick: Callable[[], None] | None = None, tick_s: float = 0.5, window: Window | None = None,
-                also: list[Callable[[asyncio.Event], object]] = ()) -> None:
+                also: list[Callable[[asyncio.Event], object]] = (), metrics: str | None = None,
+                metrics_any_address: bool = False) -> None:
     """Run every watcher (and the window's hooks) until `stop` is set or `duration` seconds pass;
     `on_tick` every `tick_s` (the live dashboard); `also`: more tasks given `stop` (a soak's probes).
-    Operational failures are recorded by the watchers, never raised."""
+    Operational failures are recorded by the watchers, never raised.
+
+    `metrics`: serve Prometheus metrics on this HOST:PORT while watching (default `[watch]
+    metrics`, `off`: none; loopback only unless `metrics_any_address`). Raises UsageError or
+    ConfigError (exit 2) for a bad address or a port in use. A watch inside a verb that already
+    serves the run's metrics (`soak`, `run`) is served by that endpoint."""
+    endpoint = None
+    if prometheus.exporter_of(rec) is None:
+        endpoint = prometheus.Endpoint.open(rec.config, metrics, any_address=metrics_any_address)
+    async with prometheus.serving(rec, endpoint) as exporter:
+        if exporter is not None:
+            exporter.add(watchers, window)
+        await _watch(rec, watchers, stop, duration, on_tick=on_tick, tick_s=tick_s, window=window, also=also)
+
+
+async def _watch(rec: Recording, watchers: list[TargetWatcher], stop: asyncio.Event, duration: float | None,
+                 *, on_tick: Callable[[], None] | None, tick_s: float, window: Window | None,
+                 also: list[Callable[[asyncio.Event], object]]) -> None:
 
     async def until_done() -> None:
         if duration is not None:

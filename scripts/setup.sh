@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROOTLESS_USER=pwtest
-PACKAGES=(podman runc uidmap slirp4netns openssh-server openssh-client busybox-static procps python3-venv chromium)
+PACKAGES=(podman runc uidmap slirp4netns openssh-server openssh-client busybox-static procps python3-venv chromium prometheus)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 

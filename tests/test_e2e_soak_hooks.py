@@ -203,10 +203,15 @@ def test_the_builtin_hook_starts_a_container_podman_stop_left_down_rootless(root
     agents.append(real)
     real.wait_connected()
     wait_for(lambda: state(ROOTLESS_USER, victim) == "running", 60, f"{victim} started again by the hook")
-    actions = read_db(db, "SELECT json_extract(data, '$.action'), json_extract(data, '$.ok'), "
-                          "json_extract(data, '$.dry_run') FROM observations WHERE kind = 'action' AND container = ?",
-                      (victim,))
-    assert ("hook start-stopped: start", 1, 1) in actions and ("hook start-stopped: start", 1, 0) in actions, actions
+
+    def actions() -> list[tuple]:
+        return read_db(db, "SELECT json_extract(data, '$.action'), json_extract(data, '$.ok'), "
+                           "json_extract(data, '$.dry_run') FROM observations WHERE kind = 'action' AND container = ?",
+                       (victim,))
+
+    # the action is stored once the start has returned (the writer commits every 100 ms)
+    wait_for(lambda: ("hook start-stopped: start", 1, 0) in actions(), 30, "the hook's action in the store")
+    assert ("hook start-stopped: start", 1, 1) in actions(), actions()
     assert real.terminate() == 0
 
 

@@ -21,7 +21,7 @@ import pytest
 from agent import report as morning
 from agent.config import config_from_dict
 from agent.recording import recording
-from machines.observations import ActionObs, EventObs, LogObs, ProbeObs, SnapshotObs
+from machines.observations import ActionObs, AgentObs, EventObs, LogObs, ProbeObs, SnapshotObs
 from store import StoreReader
 from tests.agent_process import podwarden
 
@@ -42,12 +42,14 @@ def record_night(db: Path, *, command: str = "run", skew_ns: int = NODE_T0, soak
             put = rec.sink.put
             put(SnapshotObs("n1", "web", t, True, "c1", "running", pid=10, started_at_ns=t - S,
                             restart_policy="always", image="img:1"))
+            put(AgentObs("n1", "", t + S // 2, "window-start", ""))
             put(LogObs("n1", "web", t + 1 * S, HOSTILE, is_error=True, seq=1))
             put(ActionObs("n1", "web", t + 2 * S, "crash", "kill -9 10", dry_run))
             put(EventObs("n1", "web", t + 2 * S + 10_000_000, "c1", "died", exit_code=137))
             put(EventObs("n1", "web", t + 2 * S + 20_000_000, "c1", "restart"))
             put(EventObs("n1", "web", t + 2 * S + 90_000_000, "c1", "start"))
             put(ProbeObs("n1", "web", t + 3 * S, "http", "http", True, 3.0, excerpt=HOSTILE))
+            put(AgentObs("n1", "", t + 5 * S, "window-end", ""))
             rec.add_finding(SimpleNamespace(target="n1", container="web", rule="error-lines", severity="warning",
                                             message=HOSTILE, cause=HOSTILE, fix="read <b>this</b>",
                                             evidence={"log_lines": [HOSTILE]}), t + 4 * S)
@@ -149,3 +151,24 @@ def test_times_in_any_form_mean_the_same_instant(since):
 
     assert parse_when("--since", since) == parse_when("--since", "2026-11-30T01:00:00.000000000Z")
     assert parse_when("--since", "2h", now_ns=10_000 * S) == (10_000 - 7200) * S
+
+
+def test_replay_finds_the_drift_again_with_the_config_of_now(tmp_path):
+    db = tmp_path / "pw.db"
+    run_id = record_night(db)
+    config = tmp_path / "now.toml"
+    config.write_text('[containers.web]\nexpected_state = "running"\n')
+    document = json.loads(podwarden(["replay", "--run", str(run_id), "--json", "--db", str(db),
+                                     "--config", str(config)]).stdout)
+    kinds = {(d["container"], d["kind"]) for d in document["drifts"]}
+    assert ("web", "error") in kinds and ("web", "restart") in kinds, document["drifts"]
+    assert [a["action"] for a in document["actions"]] == ["crash"]
+    assert [f["rule"] for f in document["findings"]] == ["error-lines"]
+    # a config that expects it stopped: the same night drifts differently (new rules, old night)
+    config.write_text('[containers.web]\nexpected_state = "stopped"\n')
+    stopped = json.loads(podwarden(["replay", "--run", str(run_id), "--json", "--db", str(db),
+                                    "--config", str(config)]).stdout)
+    assert {d["kind"] for d in stopped["drifts"]} != {d["kind"] for d in document["drifts"]} or \
+        len(stopped["drifts"]) != len(document["drifts"])
+    text = podwarden(["replay", "--run", str(run_id), "--db", str(db), "--config", str(config)]).stdout
+    assert "ACTION crash" in text and "FINDING warning error-lines" in text and "DRIFT" in text
