@@ -332,7 +332,7 @@ class ServiceConfig(_Strict):
 class MachineConfig(_Strict):
     """Crash-loop detection thresholds for the container state machines."""
 
-    crashloop_deaths: int = Field(default=3, ge=1)
+    crashloop_deaths: int = Field(default=3, ge=1, le=1024)  # machines keep the newest 1024 deaths
     crashloop_window: Annotated[Duration, Field(gt=0)] = 300.0
     stable_period: Duration = 600.0
 

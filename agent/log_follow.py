@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import regex
 from agent import podman
@@ -48,15 +48,36 @@ BOUNDARY_WAIT_NS = 2 * _S
 YIELD_AFTER_S = 0.01
 PATTERN_TIMEOUT_S = 0.05  # a user's error pattern that runs longer on one line is skipped for it
 K8S_DRIVERS = frozenset({"k8s-file", "json-file"})  # podman maps json-file to k8s-file
+# Line identities remembered per followed container (~190 bytes each: ~50 KB a container).
+# A live follow never reads a line twice (it resumes at its own offset); duplicates come
+# only from a re-read: a resume from the store (its identities are seeded, however many),
+# or podman logs' re-read of a container's last stamp (a flood puts ~70 lines in one). A
+# duplicate past this is still dropped by the store's unique key.
+LOG_KEYS_KEPT = 256
+# Containers whose run boundaries (died/init times) are kept: every container of the node,
+# watched or not, has its events seen; names that come and go (one-off jobs) must not
+# pile up. The least recently updated is forgotten first: a container with a partial line
+# open and no event since needs nothing older than its next init.
+BOUNDARY_CONTAINERS = 1024
+BOUNDARY_TIMES = 64  # per container
 
 
 class RecentKeys:
-    """A bounded set of recently seen keys, for dropping re-read duplicates."""
+    """A bounded set of recently seen keys, for dropping re-read duplicates.
+
+    At most `limit` keys, the oldest (first added) evicted first. `seed` adds keys that must
+    all stay until they are used (the identities a resume reads from the store): the limit
+    grows to hold them all, each key added after evicts one (the oldest), and once as many
+    new keys came in as were seeded the set is cut back to `limit`. `drop_while` drops the oldest keys a
+    predicate rejects (a bound in time rather than in count).
+    """
 
     def __init__(self, limit: int = 200_000) -> None:
         self._keys: set = set()
         self._order: deque = deque()
+        self._base = limit
         self._limit = limit
+        self._grace = 0  # keys still to be added before a seeded surplus is given up
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
@@ -67,9 +88,33 @@ class RecentKeys:
             return False
         self._keys.add(key)
         self._order.append(key)
-        if len(self._order) > self._limit:
+        if self._grace:
+            self._grace -= 1  # a seeded surplus: one out for one in, until as many came in as were seeded
+            if not self._grace:
+                self._limit = self._base
+        while len(self._order) > self._limit:
             self._keys.discard(self._order.popleft())
         return True
+
+    def seed(self, keys: Iterable, order: Callable[[Any], Any] | None = None) -> None:
+        """Add `keys` (oldest first by `order`, if given), growing the limit to hold them all."""
+        fresh = [key for key in (sorted(keys, key=order) if order is not None else keys) if key not in self._keys]
+        self._limit = max(self._limit, len(self._order) + len(fresh))
+        if self._limit > self._base:
+            self._grace = max(self._grace, len(fresh))
+        for key in fresh:
+            self._keys.add(key)
+            self._order.append(key)
+
+    def drop_while(self, stale: Callable[[Any], bool]) -> None:
+        """Forget the oldest keys while `stale(oldest)` is true."""
+        order = self._order
+        while order and stale(order[0]):
+            self._keys.discard(order.popleft())
+
+    @property
+    def limit(self) -> int:
+        return self._limit
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -119,7 +164,7 @@ class Source:
     path: str
     created_ns: int
     joiner: LogJoiner
-    keys: RecentKeys = field(default_factory=lambda: RecentKeys(20_000))
+    keys: RecentKeys = field(default_factory=lambda: RecentKeys(LOG_KEYS_KEPT))
     next_offset: int | None = None  # bytes of the file read so far (None: not started)
     start: str = "0"  # where a first read begins: an offset, or t<ns>
     keys_pending: bool = False  # resumed from the store: load its identities at the first record
@@ -149,7 +194,8 @@ class LogFollow:
         self._since_ns = 0  # where a container never stored begins (the backfill start)
         self._restart = asyncio.Event()
         self._resume_loaded: set[str] = set()  # container ids whose store position is known
-        self._fallback_last: dict[str, int] = {}  # podman-logs mode: container -> last stamp
+        # podman-logs mode: container -> the last line handed on, (stamp, its place in the stamp)
+        self._fallback_last: dict[str, tuple[int, int]] = {}
         self._fallback_names: set[str] = set()
         self.mode = "unknown"  # "conmon" | "podman-logs"
         self.perl = False
@@ -169,8 +215,7 @@ class LogFollow:
         # written (measured: its first record ~0.7 ms before the start event), and a user's
         # `restart` is written while the old run can still write: neither is a boundary.
         if obs.status in ("died", "init"):
-            times = self._boundaries.setdefault(obs.container, deque(maxlen=64))
-            times.append(obs.at_ns)
+            self._boundary(obs.container).append(obs.at_ns)
         if not self._wanted(obs.container):
             return
         if obs.status in ("create", "remove", "rename"):
@@ -184,9 +229,9 @@ class LogFollow:
         for name, fact in current.items():
             # a death the events did not show (FinishedAt comes after the dead run's records)
             if fact.finished_at_ns and not fact.running:
-                times = self._boundaries.setdefault(name, deque(maxlen=64))
-                if fact.finished_at_ns not in times:
-                    times.append(fact.finished_at_ns)
+                times = self._boundaries.get(name)
+                if times is None or fact.finished_at_ns not in times:
+                    self._boundary(name).append(fact.finished_at_ns)
         if self.mode == "podman-logs":
             running = {n for n, f in current.items() if f.running}
             if running != self._fallback_names:
@@ -196,6 +241,16 @@ class LogFollow:
                     self._sources[n].container_id != f.id for n, f in current.items() if n in self._sources):
                 self._restart.set()
         self._facts = current
+
+    def _boundary(self, container: str) -> deque[int]:
+        """The container's run boundaries, moved to the newest end (BOUNDARY_CONTAINERS kept)."""
+        times = self._boundaries.pop(container, None)
+        if times is None:
+            times = deque(maxlen=BOUNDARY_TIMES)
+            while len(self._boundaries) >= BOUNDARY_CONTAINERS:
+                del self._boundaries[next(iter(self._boundaries))]
+        self._boundaries[container] = times
+        return times
 
     def started_between(self, container: str, after_ns: int, upto_ns: int) -> bool | None:
         """Whether a run of the container ended (died) or a new one began (init) in
@@ -277,8 +332,7 @@ class LogFollow:
         they are in: a follow cut short while loading loads them again."""
         store = getattr(self.sink, "store", None)
         if store is not None:
-            for key in await store.log_keys(self.target, source.name, first_ns - _S):
-                source.keys.add(key)
+            source.keys.seed(await store.log_keys(self.target, source.name, first_ns - _S), order=_in_place)
         source.keys_pending = False
 
     async def _follow_conmon(self, transport: Transport, facts: list[podman.InspectFacts]) -> None:
@@ -366,13 +420,16 @@ class LogFollow:
     async def _follow_podman_logs(self, transport: Transport, facts: list[podman.InspectFacts]) -> None:
         names = sorted(f.name for f in facts if f.running)
         self._fallback_names = set(names)
+        present = {f.name for f in facts}
+        for gone in [name for name in self._fallback_last if name not in present]:
+            del self._fallback_last[gone]  # removed: a container made again under the name logs anew
         if not names:
             await _wait(self._restart, self.config.watch.reconcile_interval)
             return
         for name in names:
             if name not in self._fallback_last:
-                self._fallback_last[name] = await self._fallback_start(name)
-        since = min(self._fallback_last[name] for name in names)
+                self._fallback_last[name] = (await self._fallback_start(name), -1)
+        since = min(self._fallback_last[name][0] for name in names)
         argv = podman.logs_cmd(self._podman, names, since_ns=since - 1, follow=True, timestamps=True)
         merged = ["sh", "-c", f"exec {quote_argv(argv)} 2>&1"]  # container stderr is podman's stderr
         parser = PodmanLogsParser(names, self._now_ns)
@@ -394,8 +451,7 @@ class LogFollow:
         if position is None:
             return self._since_ns
         last = position[1]
-        for key in await store.log_keys(self.target, name, last):
-            self._source_keys(name).add(key)
+        self._source_keys(name).seed(await store.log_keys(self.target, name, last), order=_in_place)
         return last
 
     def _source_keys(self, name: str) -> RecentKeys:
@@ -420,10 +476,13 @@ class LogFollow:
         raise _Ended()
 
     def _emit_fallback(self, line: Line) -> None:
-        # the re-read stamp of a container's resume point, and nothing older
-        if line.at_ns < self._fallback_last.get(line.container, 0):
+        # A restarted `podman logs -f` re-reads each container's last stamp whole (a flood puts
+        # thousands of lines in one stamp, more than the identities kept): the lines up to the
+        # last one handed on are dropped by place, the rest (and a resume's stored ones) by key.
+        place = (line.at_ns, line.seq)
+        if place <= self._fallback_last.get(line.container, (0, -1)):
             return
-        self._fallback_last[line.container] = line.at_ns
+        self._fallback_last[line.container] = place
         self._emit(line)
 
     # ------------------------------------------------------------ one line
@@ -451,6 +510,11 @@ class LogFollow:
     @staticmethod
     async def _pause() -> None:
         await asyncio.sleep(0)
+
+
+def _in_place(key: tuple[int, int]) -> tuple[int, int]:
+    """A line identity's order: (at_ns, seq), the order a re-read meets them."""
+    return key
 
 
 class _Ended(Exception):

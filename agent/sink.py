@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from machines.container import Fleet, StateChange
 from machines.observations import AgentObs, Kind, Observation
@@ -20,11 +20,54 @@ ObsCallback = Callable[[Observation], None]
 # (observation, the changes it made, its stored id): what drift and hooks are fed
 FedCallback = Callable[[Observation, list[StateChange], "int | None"], None]
 FindingCallback = Callable[[Any], None]
-# A flood may queue this many rows before a producer waits for the store.
-BACKPRESSURE_ROWS = 20_000
+# A flood may queue this many rows before a producer waits for the store: the writer's queue
+# is the biggest thing a watch holds in memory (~500 bytes a row: ~2.5 MB; at 20,000 it
+# was 10 MB, for no more throughput: the writer commits 1000 rows a batch).
+BACKPRESSURE_ROWS = 5_000
 # Redaction time-outs reported as agent records at most this many times a run, then every 1000th.
 TIMEOUT_REPORTS = 10
 ACTIONS_KEPT = 100  # per container
+# State changes kept in memory (~350 bytes each: ~1.4 MB). Every change is in the store; in
+# memory they are read only by an experiment looking back over its own minutes
+# (agent/experiment.py), and counted (the dashboard, the end of a watch), so a night of
+# crash loops and health flaps must not keep them all.
+CHANGES_KEPT = 4096
+
+
+class ChangeLog:
+    """The state changes of a run: how many were made, and the newest CHANGES_KEPT of them.
+
+    `len()` (and `count`) is every change made so far; iterating gives the kept ones, oldest
+    first; `dropped` says how many fell out. Read a whole run's changes from the store.
+    """
+
+    __slots__ = ("_recent", "count")
+
+    def __init__(self, keep: int | None = None) -> None:
+        self._recent: deque[StateChange] = deque(maxlen=keep if keep is not None else CHANGES_KEPT)
+        self.count = 0
+
+    def append(self, change: StateChange) -> None:
+        self._recent.append(change)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[StateChange]:
+        return iter(self._recent)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    @property
+    def dropped(self) -> int:
+        """Changes made but no longer kept in memory (the oldest)."""
+        return self.count - len(self._recent)
+
+    @property
+    def kept(self) -> int:
+        return len(self._recent)
 
 
 def causes_death(action: str) -> bool:
@@ -50,7 +93,8 @@ class Sink:
     on_fed: list[FedCallback] = field(default_factory=list)
     on_finding: list[FindingCallback] = field(default_factory=list)
     redactor: object | None = None  # store.Redactor; defaults to the store's
-    changes: list[StateChange] = field(default_factory=list)  # every change made, in order
+    # every change made, counted; the newest CHANGES_KEPT kept in memory, in order (ChangeLog)
+    changes: ChangeLog = field(default_factory=ChangeLog)
     # podwarden's own recent death-causing actions per (target, container): their times (a check
     # tells the deaths they caused from the container's own)
     actions: dict[tuple[str, str], deque[int]] = field(default_factory=dict)

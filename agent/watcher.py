@@ -11,8 +11,11 @@ store ends up holding every event podman recorded, none twice.
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 import time
 from dataclasses import dataclass
+from typing import Any, Coroutine
 
 from loguru import logger
 
@@ -34,7 +37,22 @@ from machines.observations import AgentObs, EventObs, ProbeObs, SnapshotObs
 RESUME_OVERLAP_NS = 5_000_000_000
 # How far apart the kernel's oom-kill line and podman's died may be (0.5 s measured).
 OOM_SLACK_NS = 10_000_000_000
+RECHECK_DELAY_S = 2.0  # after a death with no start yet, a reconcile this much later (a stop or a crash?)
 KERNEL_LOG_RETRY_S = 600.0  # an unreadable kernel log is tried again this much later
+# Event identities kept for dropping repeats. A repeat can only come from a stream that
+# resumes RESUME_OVERLAP_NS before the newest event (a backfill, a restarted `podman
+# events`), so keys older than twice that are dropped; the count bound holds when a node
+# writes more than EVENT_KEYS_KEPT events in that span (it never did: ~10 a second at most).
+# A repeat that gets past is still dropped by the store's unique key.
+EVENT_KEYS_SPAN_NS = 2 * RESUME_OVERLAP_NS
+EVENT_KEYS_KEPT = 20_000
+# What the watcher asks of a node at connect besides podman: where perl is (the log follower)
+# and whether systemd runs (podman's health-check timers need it).
+_NODE_PROBE = ('p=$(command -v perl) && echo "perl=$p"; '
+               'if test -d /run/systemd/system; then echo systemd=yes; else echo systemd=no; fi')
+# How podman says a requested container does not exist (`podman container inspect`, 4.3 and 5).
+_NO_SUCH_CONTAINER = re.compile(r"no such (?:container|object)", re.IGNORECASE)
+_PODMAN_WARNING = re.compile(r"^(?:time=\S+ )?level=warning |^WARN\[")
 
 
 class LinkLost(Exception):
@@ -77,15 +95,13 @@ class TargetWatcher:
         self._start_ns = start_ns if start_ns is not None else time.time_ns()
         self._last_event_ns = last_event_ns
         self._resume_ns = resume_ns
-        seen_events = seen_events or set()
-        # sized so that the keys seeded from the store are never evicted before use
-        self._seen_events = RecentKeys(200_000 + len(seen_events))
-        for key in seen_events:
-            self._seen_events.add(key)
+        # the keys seeded from the store stay until newer events push them out of the span
+        self._seen_events = RecentKeys(EVENT_KEYS_KEPT)
+        self._seen_events.seed(seen_events or (), order=_event_time)
         self._rootless = False
         self._run_healthchecks = False
         self._healthchecks: dict[str, float] = {}  # container -> interval seconds
-        self._recheck: set[str] = set()
+        self._recheck: dict[str, int] = {}  # container -> a death not yet followed by a start
         self._recheck_wake = asyncio.Event()
         self._clock_offset_ns = 0  # node clock minus ours, so our records share podman's clock
         self._log_since_set = False
@@ -127,7 +143,9 @@ class TargetWatcher:
             self._agent("connected", f"{transport.name}{gap}")
             self.view.link, self.view.detail, self.view.since_ns = "up", "", time.time_ns()
             try:
-                await self._watch_connected(transport, stop)
+                # a node that answers slowly (a command taking its whole timeout while the link
+                # comes up) must not hold the watch's end up: `stop` cancels the whole connection
+                await _until_stopped(stop, self._watch_connected(transport, stop))
             except* (LinkLost, TransportError) as group:
                 reason = "; ".join(str(e) for e in group.exceptions)[:500]
                 lost_at = time.time_ns()
@@ -189,13 +207,16 @@ class TargetWatcher:
         info = podman.parse_info(info_result.stdout) if info_result.ok else None
         if isinstance(info, podman.NodeInfo):
             self._rootless = info.rootless
-        perl = await transport.run(["sh", "-c", "command -v perl"], timeout=15)
-        self.logs.perl = perl.ok and bool(perl.stdout.strip())
+        # one command for both questions (every command is a channel, a shell and a fork on the node)
+        probe = await transport.run(["sh", "-c", _NODE_PROBE], timeout=15)
+        answers = probe.stdout.split()
+        self.logs.perl = probe.ok and any(a.startswith("perl=/") for a in answers)
+        systemd = probe.ok and "systemd=yes" in answers
         mode = self._watch.run_healthchecks
         if mode == "auto":
-            probe = await transport.run(["test", "-d", "/run/systemd/system"], timeout=15)
-            # no systemd: podman runs no health-check timers, so we run them ourselves
-            self._run_healthchecks = not probe.ok or self._rootless
+            # no systemd: podman runs no health-check timers, so we run them ourselves; rootless
+            # podman has them only where the user's systemd takes them, so we run them too
+            self._run_healthchecks = not systemd or self._rootless
         else:
             self._run_healthchecks = mode == "always"
         self.log.info("node: rootless={} run_healthchecks={} perl={} clock_offset_ms={:.1f}", self._rootless,
@@ -298,7 +319,8 @@ class TargetWatcher:
         self.logs.note_event(parsed)  # run boundaries of partial log lines, even of others
         if not self._wanted(parsed.container) and not self._renamed_away(parsed):
             return False
-        key = (parsed.container_id, parsed.status, parsed.at_ns)
+        # interned: the keys of one container's events share one id string
+        key = (_intern(parsed.container_id), _intern(parsed.status), parsed.at_ns)
         if key in self._seen_events:
             return False
         await self._before_event(parsed)
@@ -308,11 +330,17 @@ class TargetWatcher:
         self._seen_events.add(key)
         if self._last_event_ns is None or parsed.at_ns > self._last_event_ns:
             self._last_event_ns = parsed.at_ns
+            cutoff = parsed.at_ns - EVENT_KEYS_SPAN_NS
+            self._seen_events.drop_while(lambda seen: seen[2] < cutoff)
         self.view.events += 1
-        if parsed.status == "died" and parsed.container in self.config.containers:
-            # podman 4.3 often writes no `stop` event: inspect soon to tell a stop from a crash
-            self._recheck.add(parsed.container)
-            self._recheck_wake.set()
+        if parsed.container in self.config.containers:
+            if parsed.status == "died":
+                # podman 4.3 often writes no `stop` event: inspect soon to tell a stop from a crash
+                self._recheck[parsed.container] = max(parsed.at_ns, self._recheck.get(parsed.container, 0))
+                self._recheck_wake.set()
+            elif parsed.status == "start" and parsed.at_ns > self._recheck.get(parsed.container, parsed.at_ns):
+                # started again since (the restart policy, a user's restart): no stop to tell
+                del self._recheck[parsed.container]
         return True
 
     async def _before_event(self, event: EventObs) -> None:
@@ -353,14 +381,24 @@ class TargetWatcher:
     # ------------------------------------------------------------ reconcile and health
 
     async def _reconcile_loop(self, transport: Transport) -> None:
+        """Reconcile every reconcile_interval, and RECHECK_DELAY_S after a death no start followed.
+
+        The interval is kept on a fixed due time: a container dying and restarting more often
+        than the interval wakes the loop at every death, and must not put the regular
+        reconcile off for ever (snapshots, health-check lists, new log files depend on it)."""
+        interval = self._watch.reconcile_interval
+        due = time.monotonic() + interval
         while True:
-            woken = await _wait(self._recheck_wake, self._watch.reconcile_interval)
+            woken = await _wait(self._recheck_wake, max(0.0, due - time.monotonic()))
             if woken:
                 # give a restart policy its moment before looking
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(RECHECK_DELAY_S)
                 self._recheck_wake.clear()
+                if not self._recheck and time.monotonic() < due:
+                    continue  # every death was followed by its start: the events said it all
                 self._recheck.clear()
             await self._reconcile(transport)
+            due = time.monotonic() + interval
 
     @property
     def transport(self) -> Transport | None:
@@ -376,16 +414,36 @@ class TargetWatcher:
         """Now on the node's clock (podman's timestamps are the node's)."""
         return time.time_ns() + self._clock_offset_ns
 
+    async def _inspect(self, transport: Transport) -> tuple[list[podman.InspectFacts], list[str]]:
+        """The watched containers' inspect, and problems met (then the facts are no picture).
+
+        With containers configured, one `podman container inspect` of their names: one podman
+        process a reconcile instead of two (ps, then inspect), and only the watched containers'
+        JSON. A name podman does not know is reported on stderr and left out of stdout (exit
+        125): absent; podman's warnings are no failure. Any other failure, and no names
+        configured: every container (ps + inspect), whose problems are reported.
+        """
+        names = sorted(self.config.containers)
+        if not names:
+            return await inspect_all(transport, self._podman, clock=self.now_ns)
+        result = await transport.run(podman.inspect_cmd(self._podman, names), timeout=60)
+        facts = podman.parse_inspect(result.stdout, transport.name, self.now_ns())
+        if isinstance(facts, podman.ParseError) or not (result.ok or _only_absent(result.stderr, facts, names)):
+            # anything else (a name podman took for an ambiguous id prefix, a podman that failed):
+            # ask as with no names configured, ps then inspect, which says what went wrong
+            return await inspect_all(transport, self._podman, clock=self.now_ns)
+        return facts, []
+
     async def _reconcile(self, transport: Transport) -> None:
-        """Snapshot every expected and present container from ps/inspect."""
-        facts, problems = await inspect_all(transport, self._podman, clock=self.now_ns)
+        """Snapshot every expected and present container from inspect."""
+        facts, problems = await self._inspect(transport)
         if problems:
             # podman did not answer: absence here proves nothing, so no snapshot at all
             for problem in problems:
                 self._agent("reconcile-problem", problem)
             return
-        at_ns = self.now_ns()
         facts = [f for f in facts if self._wanted(f.name)]
+        at_ns = self.now_ns()
         self.logs.note_facts(facts)
         by_name = {f.name: f for f in facts}
         healthchecks: dict[str, float] = {}
@@ -459,6 +517,40 @@ class TargetWatcher:
 
     def _agent(self, what: str, detail: str = "") -> None:
         self.sink.put(AgentObs(self.name, "", self.now_ns(), what, detail))
+
+
+async def _until_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` until it ends (raising what it raised) or `stop` is set (then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled():
+        task.result()
+
+
+def _only_absent(stderr: str, facts: list[podman.InspectFacts], names: list[str]) -> bool:
+    """Whether a failed `podman container inspect NAMES` failed only for names that do not exist.
+
+    Podman's warnings (`level=warning msg=...`, `WARN[0000] ...`; rootless over SSH often
+    warns that no systemd user session is available) are not failures."""
+    unexplained = [line for line in stderr.splitlines() if line.strip() and not _NO_SUCH_CONTAINER.search(line)
+                   and not _PODMAN_WARNING.search(line)]
+    return not unexplained and len({f.name for f in facts} & set(names)) < len(names)
+
+
+def _intern(text: str) -> str:
+    return sys.intern(text) if type(text) is str else text
+
+
+def _event_time(key: tuple) -> int:
+    """An event identity's time (its key is (container id, status, at_ns))."""
+    return key[2]
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:

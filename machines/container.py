@@ -49,6 +49,11 @@ _KEEP_POINTS = 32
 _KEEP_MARKS = 8
 _KEEP_OOMS = 4
 _KEEP_ERRORS = 64
+# Counted deaths kept for the crash-loop count (`_history`, `deaths`): they are already cut
+# to two crash-loop windows in time, but a container that dies at once on every start is
+# restarted ~10 times a second, 6000 deaths in two windows. The newest ones decide a loop
+# (crashloop_deaths in a window) and a loop's message counts at most this many.
+_KEEP_DEATHS = 1024
 _ERROR_CHARS = 300
 # A start event is stamped ~5 ms after inspect's StartedAt (measured); two real starts are
 # further apart (a restart's start comes ~60-100 ms after its died).
@@ -686,7 +691,7 @@ class ContainerMachine:
         if i < len(self._starts) and not self._death_in(at, self._starts[i]):
             self.restarts += 1  # its restart arrived first (see `_add_start` for the usual order)
         insort(history, at)
-        while history[0] < history[-1] - 2 * window:
+        while history[0] < history[-1] - 2 * window or len(history) > _KEEP_DEATHS:
             del history[0]
         deaths = self.deaths
         if not deaths or at >= deaths[-1]:
@@ -694,7 +699,7 @@ class ContainerMachine:
         else:
             # Out of order (older than a death already seen): keep the deque sorted.
             deaths.insert(next(i for i, t in enumerate(deaths) if t > at), at)
-        while deaths[0] < deaths[-1] - window:
+        while deaths[0] < deaths[-1] - window or len(deaths) > _KEEP_DEATHS:
             deaths.popleft()
 
     def _uncount(self, death: _Death) -> None:

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _quote  # C; what json.dumps uses for ensure_ascii=False
@@ -105,8 +106,17 @@ _PRUNE_STATEMENTS = (
 )
 
 _NO_REDACTION = Redactor(())
-_EVENT_INDEX_SIZE = 20_000  # recent event keys (~6 MB): a repeat gets the stored id at once
-_REDIRECT_SIZE = 10_000
+# Recent event keys (~200 bytes each, their strings interned: ~0.8 MB): a repeat gets the
+# stored id at once. Repeats come from a backfill or a restarted stream re-reading the last
+# few seconds (the watcher drops most of them first); one that is no longer indexed is still
+# caught by the unique key at commit (and its changes redirected).
+_EVENT_INDEX_SIZE = 4096
+_REDIRECT_SIZE = 10_000  # ids redirected at commit, kept for the changes that point at them
+
+
+def _intern(text: Any) -> Any:
+    """One shared copy of a str that many keys repeat (a container id, a status)."""
+    return sys.intern(text) if type(text) is str else text
 _I64 = 2**63
 
 _encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), sort_keys=True,
@@ -485,7 +495,7 @@ class StoreWriter:
             raise ValueError(f"at_ns out of range: {obs.at_ns}")
         key = None
         if obs.kind == "event":
-            key = (obs.target, obs.container_id, obs.status, obs.at_ns)
+            key = (_intern(obs.target), _intern(obs.container_id), _intern(obs.status), obs.at_ns)
             known = self._event_ids.get(key)
             if known is not None:
                 return known
