@@ -35,6 +35,12 @@ def experiment(node: Node, *args: str, timeout: float = 300) -> tuple[int, dict]
     return result.returncode, json.loads(result.stdout)
 
 
+def failing(result: dict) -> str:
+    """The failed experiments of a result, whole (the assertion message)."""
+    failed = [e for e in result.get("experiments", []) if e.get("verdict") != "pass"]
+    return json.dumps(failed or result, indent=1)[-6000:]
+
+
 def podman_state(node: Node, name: str, user: str) -> str:
     argv = ["podman", "inspect", "--format", "{{.State.Status}}", name]
     if user != "root":
@@ -63,7 +69,7 @@ def test_restart_all_by_crash_passes_on_the_clean_testbed(bed, request, tmp_path
     node = request.getfixturevalue(bed)
     db = tmp_path / "pw.db"
     code, result = experiment(node, "restart", "--all", "--how", "crash", "--db", str(db))
-    assert code == 0, result
+    assert code == 0, failing(result)
     assert result["verdict"] == "pass"
     subjects = [e["subject"] for e in result["experiments"]]
     # dependency order: the node first, the UIs last; every expected container, UIs included
@@ -100,7 +106,7 @@ def test_stop_tells_the_restart_policy_truth_and_rolls_back(bed, user, request, 
 def test_cascade_of_the_node_passes_clean(root_bed, tmp_path):
     code, result = experiment(root_bed, "cascade", root_bed.prefix + "node", "--hold", "5s", "--recovery", "60s",
                               "--db", str(tmp_path / "pw.db"))
-    assert code == 0, result
+    assert code == 0, failing(result)
     [e] = result["experiments"]
     recover = next(s for s in e["steps"] if s["name"] == "dependents recover")
     for name in ("lightning", "indexer"):
@@ -109,7 +115,7 @@ def test_cascade_of_the_node_passes_clean(root_bed, tmp_path):
 
 def test_service_crash_passes(root_bed, tmp_path):
     code, result = experiment(root_bed, "service", root_bed.prefix + "backend", "--db", str(tmp_path / "pw.db"))
-    assert code == 0, result
+    assert code == 0, failing(result)
     [e] = result["experiments"]
     assert next(s for s in e["steps"] if s["name"] == "no container noticed")["ok"] is True
     assert "back in" in next(s for s in e["steps"] if s["name"] == "active again")["detail"]
