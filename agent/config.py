@@ -345,7 +345,7 @@ class WatchConfig(_Strict):
     run_healthchecks: Literal["auto", "always", "never"] = "auto"
     backoff_initial: Annotated[Duration, Field(gt=0)] = 1.0
     backoff_max: Annotated[Duration, Field(gt=0)] = 30.0
-    flush_interval: Annotated[Duration, Field(gt=0)] = 0.1
+    flush_interval: Annotated[Duration, Field(gt=0)] = 0.05  # bench_latency: p50 +46 ms over a bare reader (0.1: +72)
     # serve Prometheus metrics on this HOST:PORT while watching (None: off); loopback unless told otherwise
     metrics: str | None = None
 
