@@ -244,10 +244,13 @@ def fts_phrase(literal: str | None) -> str | None:
 
 
 def _fts_state(conn: sqlite3.Connection) -> tuple[int, int]:
-    """(highest observation id the text index covers, highest observation id)."""
+    """(highest observation id the text index covers, how many stored ids are above it, counted
+    up to FTS_TAIL_LIMIT + 1). Counted, not max(id) - upto: several writers' id blocks
+    leave gaps (store/ids.py)."""
     ((upto,),) = conn.execute("SELECT value FROM store_state WHERE key = 'fts_indexed_upto'").fetchall()
-    ((last,),) = conn.execute("SELECT coalesce(max(id), 0) FROM observations").fetchall()
-    return upto, last
+    ((tail,),) = conn.execute("SELECT count(*) FROM (SELECT 1 FROM observations WHERE id > ? LIMIT ?)",
+                              (upto, FTS_TAIL_LIMIT + 1)).fetchall()
+    return upto, tail
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -414,8 +417,8 @@ def _observation_plan(conn: sqlite3.Connection, subject: Subject, filters: Filte
         return branches()
     grep_conditions, grep_params, phrase = grep
     if phrase is not None:
-        upto, last = _fts_state(conn)
-        if last - upto <= FTS_TAIL_LIMIT:
+        upto, tail = _fts_state(conn)
+        if tail <= FTS_TAIL_LIMIT:
             ((found,),) = conn.execute(
                 "SELECT count(*) FROM log_fts WHERE log_fts MATCH ? AND rowid <= ?", (phrase, upto)).fetchall()
             if found <= FTS_CANDIDATE_LIMIT:

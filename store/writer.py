@@ -1,11 +1,20 @@
-"""The store's single writer: one task owns the write connection and commits in batches.
+"""A store writer: one task owns the write connection and commits in batches.
 
 Callers queue rows without blocking (`add`, `add_change`, ...) and get the row's id at
-once: the writer assigns ids itself, from max(id) + 1 at open, so it must be the only
-writer of its file (an exclusive lock on `<db>-writer.lock` makes sure of that).
+once: the writer gives out ids from blocks it reserves in the file (store/ids.py), so
+several writers (processes, e.g. `check` while `watch` records) share one file. SQLite
+lets one transaction at a time write (BEGIN IMMEDIATE waits up to the busy timeout,
+then the commit is retried a few times before the writer fails). One writer at a time
+does the upkeep (`maintain`, periodic checkpoints): the one holding the non-blocking
+flock on `<db>-writer.lock`.
 The writer task commits what is queued when `batch_size` rows are waiting, every
 `flush_interval` seconds, on `flush()` and on `close()`, with one `executemany` per
 table in one transaction.
+
+Shared observations: an event or log line another run stored first (its unique key
+refuses this run's row) is linked to this run in `run_observations` in the same
+transaction, at the position this run's id for it held, so the run's observation stream
+(`StoreReader.arrival_records(run_id=...)`, replay) still holds everything it saw.
 
 Cancellation: each transaction runs in its own task that the writer only awaits through
 `asyncio.shield`, because a cancelled aiosqlite `executemany` still inserts its rows into
@@ -47,12 +56,11 @@ import aiosqlite
 import anyio
 
 from machines.observations import COLUMN_FIELDS, OMITTED_WHEN_NONE, Observation
-from store import schema
+from store import ids, schema
 from store.errors import (
     NotAStore,
     StoreClosed,
     StoreError,
-    StoreLocked,
     StoreVersionError,
     StoreWriteFailed,
 )
@@ -66,7 +74,7 @@ _PRAGMAS = (
     "PRAGMA busy_timeout = 5000",
 )
 _BUSY_TIMEOUT_MS = 5000
-_CHECKPOINT_BUSY_MS = 100  # a periodic checkpoint gives up quickly rather than stall writes
+_BUSY_RETRIES = 5  # a commit still refused after the busy timeout is retried this often
 
 _INSERT_RUN = ("INSERT INTO runs (id, command, targets, started_ns, ended_ns, verdict, config, pid) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -85,7 +93,14 @@ _INSERT_FINDING = ("INSERT INTO findings (id, run_id, target, container, rule, s
 _INSERT_EXPERIMENT = ("INSERT INTO experiments (id, run_id, kind, subject, started_ns, ended_ns, "
                       "verdict, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 # Row positions in an observation row (see observation_row).
-_ID, _TARGET, _CONTAINER_ID, _AT_NS, _KIND, _STATUS = 0, 2, 4, 5, 6, 7
+_ID, _RUN_ID, _TARGET, _CONTAINER, _CONTAINER_ID, _AT_NS, _KIND, _STATUS, _SEQ = 0, 1, 2, 3, 4, 5, 6, 7, 8
+# The row a refused event or log line met: (id, run_id), by its unique key.
+_STORED_EVENT = ("SELECT id, run_id FROM observations WHERE kind = 'event' AND target = ? "
+                 "AND container_id = ? AND status = ? AND at_ns = ?")
+_STORED_LOG = ("SELECT id, run_id FROM observations WHERE kind = 'log' AND target = ? "
+               "AND container = ? AND at_ns = ? AND seq = ?")
+_INSERT_LINK = ("INSERT INTO run_observations (run_id, observation_id, position) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING")
 
 # Idle-time maintenance (see `maintain`): rows per step, adapted to the step's time.
 _INDEX_CHUNK = 20_000  # observation ids per text-index step (5M: ~370k ids/s in maintain's steps)
@@ -100,6 +115,7 @@ _PRUNE_STATEMENTS = (
     "DELETE FROM findings WHERE id IN (SELECT id FROM findings INDEXED BY findings_at "
     "WHERE at_ns < ? ORDER BY at_ns LIMIT ?)",
     # a run or experiment that has not ended (still going, or cut short) is kept
+    "DELETE FROM run_observations WHERE run_id IN (SELECT id FROM runs WHERE ended_ns < ? LIMIT ?)",
     "DELETE FROM experiments WHERE id IN (SELECT id FROM experiments WHERE ended_ns < ? LIMIT ?)",
     "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended_ns < ? LIMIT ?)",
 )
@@ -279,21 +295,35 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-def _prepare(path: Path) -> dict[str, int]:
-    """Create and migrate the file; return each table's highest id. Runs in a thread."""
+def _connect_sync(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise NotAStore(str(path), f"cannot open: {exc}") from None
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _prepare(path: Path, token: int) -> dict[str, tuple[int, int]]:
+    """Create and migrate the file, register writer `token` and reserve its first block of
+    ids per table: {table: (first, end)}. Runs in a thread."""
+    conn = _connect_sync(path)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         version = schema.schema_version(conn)
         if version > schema.LATEST_VERSION:
             raise StoreVersionError(str(path), version, schema.LATEST_VERSION)
         schema.migrate(conn)
-        return {table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
-                for table in ("runs", "observations", "changes", "findings", "experiments")}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            blocks = {table: ids.reserve(conn, table, size) for table, size in ids.BLOCK_SIZES.items()}
+            conn.execute("INSERT INTO writers (token, pid, frontier) VALUES (?, ?, ?)",
+                         (token, os.getpid(), blocks["observations"][0]))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return blocks
     except sqlite3.DatabaseError as exc:
         if "not a database" in str(exc):
             raise NotAStore(str(path), "not an SQLite file: check --db") from None
@@ -302,44 +332,71 @@ def _prepare(path: Path) -> dict[str, int]:
         conn.close()
 
 
-def _lock(path: Path) -> int:
-    """Take the one-writer-per-file lock; raises StoreLocked naming the holder's pid."""
-    lock_path = Path(f"{path}-writer.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _reserve_now(path: Path, table: str, size: int) -> tuple[int, int]:
+    """Reserve a block of ids on a connection of its own (blocks the caller: only for a
+    writer that used up its block and its spare between two commits)."""
+    conn = _connect_sync(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        block = ids.reserve(conn, table, size)
+        conn.execute("COMMIT")
+        return block
+    except sqlite3.Error as exc:
+        raise StoreError(str(path), f"cannot reserve ids: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _upkeep_lock(path: Path) -> int:
+    """Open `<db>-writer.lock` (0600): whoever holds its flock does the store's upkeep."""
+    return os.open(Path(f"{path}-writer.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _try_flock(fd: int) -> bool:
+    """Take the exclusive flock on `fd` without waiting; False when another writer holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreLocked(str(path), holder) from None
-        raise StoreError(str(path), f"cannot lock {lock_path}: {exc}") from None
+            return False
+        raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+    return True
+
+
+class _Busy(StoreError):
+    """Another writer held the file past the busy timeout (maintenance skips its step)."""
+
+
+def _busy(exc: BaseException) -> bool:
+    """An SQLITE_BUSY (or LOCKED) error: another connection held the file past the timeout."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class StoreWriter:
-    """The one writer of a store file. Open with `await StoreWriter.open(path, patterns)`
-    (or `async with StoreWriter.open(...) as writer`) and always close it."""
+    """A writer of a store file (others may write it at the same time). Open with
+    `await StoreWriter.open(path, patterns)` (or `async with StoreWriter.open(...) as
+    writer`) and always close it."""
 
     def __init__(self, path: Path, conn: aiosqlite.Connection, lock_fd: int, redactor: Redactor,
-                 max_ids: Mapping[str, int], *, batch_size: int, flush_interval: float,
-                 max_pending: int, checkpoint_every: int) -> None:
+                 token: int, blocks: Mapping[str, tuple[int, int]], *, batch_size: int,
+                 flush_interval: float, max_pending: int, checkpoint_every: int) -> None:
         """Use `StoreWriter.open`."""
         self.path = path
         self.redactor = redactor
         self._conn = conn
         self._lock_fd = lock_fd
+        self._upkeep = _try_flock(lock_fd)
+        self._token = token
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._checkpoint_every = checkpoint_every
-        self._next_run_id = max_ids["runs"] + 1
-        self._next_obs_id = max_ids["observations"] + 1
-        self._next_change_id = max_ids["changes"] + 1
-        self._next_finding_id = max_ids["findings"] + 1
-        self._next_experiment_id = max_ids["experiments"] + 1
+        self._ids = {table: ids.IdBlock(table, size) for table, size in ids.BLOCK_SIZES.items()}
+        for table, (first, end) in blocks.items():
+            self._ids[table].add_block(first, end)
         self._queue = _Batch()
         self._pending = 0
         self._queued_seq = 0
@@ -364,8 +421,8 @@ class StoreWriter:
              checkpoint_every: int = 500) -> "_Opening":
         """Open (creating 0600 and migrating) the store at `path` for writing.
 
-        Await it, or use it as `async with`. Raises StoreLocked when another process
-        writes the file, StoreVersionError for a newer schema, NotAStore, StoreError.
+        Await it, or use it as `async with`. Other writers may have the file open: they
+        share it. Raises StoreVersionError for a newer schema, NotAStore, StoreError.
         """
         return _Opening(Path(path), tuple(redact_patterns), dict(
             batch_size=batch_size, flush_interval=flush_interval, max_pending=max_pending,
@@ -376,13 +433,14 @@ class StoreWriter:
         redactor = Redactor(patterns)
         if not path.parent.is_dir():
             raise StoreError(str(path), f"directory {path.parent} does not exist")
-        lock_fd = _lock(path)
+        lock_fd = _upkeep_lock(path)
+        token = int.from_bytes(os.urandom(8), "big") >> 1
         conn: aiosqlite.Connection | None = None
         try:
             _create_private(path)
-            preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path))
+            preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path, token))
             try:
-                max_ids = await asyncio.shield(preparing)
+                blocks = await asyncio.shield(preparing)
             except asyncio.CancelledError:
                 await asyncio.wait([preparing])  # keep the lock until the migration is done
                 raise
@@ -390,7 +448,7 @@ class StoreWriter:
             for pragma in _PRAGMAS:
                 await conn.execute(pragma)
             _match_mode(path)
-            return cls(path, conn, lock_fd, redactor, max_ids, **options)
+            return cls(path, conn, lock_fd, redactor, token, blocks, **options)
         except BaseException:
             if conn is not None:
                 with anyio.CancelScope(shield=True):
@@ -437,9 +495,10 @@ class StoreWriter:
                 except Exception as exc:
                     self._fail(exc)
             try:
+                await self._conn.execute("DELETE FROM writers WHERE token = ?", (self._token,))
                 await self._checkpoint()
             except sqlite3.Error:
-                pass  # not fatal: SQLite checkpoints again when the last connection closes
+                pass  # not fatal: a dead writer's row is ignored; SQLite checkpoints on the last close
         finally:
             try:
                 await self._conn.close()
@@ -485,12 +544,11 @@ class StoreWriter:
             raise ValueError(f"at_ns out of range: {obs.at_ns}")
         key = None
         if obs.kind == "event":
-            key = (obs.target, obs.container_id, obs.status, obs.at_ns)
+            key = (run_id, obs.target, obs.container_id, obs.status, obs.at_ns)
             known = self._event_ids.get(key)
             if known is not None:
                 return known
-        obs_id = self._next_obs_id
-        self._next_obs_id += 1
+        obs_id = self._take_id("observations")
         self._queue.observations.append(observation_row(obs, obs_id, run_id,
                                                          None if redacted else self.redactor))
         if key is not None:
@@ -507,8 +565,7 @@ class StoreWriter:
     def add_change(self, change: Any, observation_id: int | None, run_id: int | None = None) -> int:
         """Queue a state change (anything with StateChange's attributes); return its id."""
         self._check_open()
-        change_id = self._next_change_id
-        self._next_change_id += 1
+        change_id = self._take_id("changes")
         self._queue.changes.append((
             change_id, observation_id, run_id, change.target, change.container, change.at_ns,
             str(change.from_state), str(change.to_state), self.redactor.text(str(change.cause or "")),
@@ -522,8 +579,7 @@ class StoreWriter:
                     evidence: Any = (), at_ns: int) -> int:
         """Queue a finding (message, cause, fix and evidence redacted); return its id."""
         self._check_open()
-        finding_id = self._next_finding_id
-        self._next_finding_id += 1
+        finding_id = self._take_id("findings")
         redact = self.redactor.text
         self._queue.findings.append((
             finding_id, run_id, target, container, str(rule), str(severity), redact(message),
@@ -537,8 +593,7 @@ class StoreWriter:
                        ended_ns: int | None = None) -> int:
         """Queue an experiment (steps redacted); return its id for `update_experiment`."""
         self._check_open()
-        experiment_id = self._next_experiment_id
-        self._next_experiment_id += 1
+        experiment_id = self._take_id("experiments")
         self._queue.experiments.append((
             experiment_id, run_id, kind, subject, started_ns, ended_ns, verdict,
             to_json(self.redactor.value(steps)),
@@ -568,8 +623,7 @@ class StoreWriter:
                         *, started_ns: int | None = None) -> int:
         """Record the start of a run (with its config as given) and return its id, committed."""
         self._check_open()
-        run_id = self._next_run_id
-        self._next_run_id += 1
+        run_id = await self._reserve_run_id()
         self._queue.runs.append((
             run_id, command, to_json(list(targets)),
             time.time_ns() if started_ns is None else started_ns, None, None,
@@ -587,6 +641,23 @@ class StoreWriter:
             time.time_ns() if ended_ns is None else ended_ns, verdict, run_id)))
         self._queued()
         await self.flush()
+
+    def _take_id(self, table: str) -> int:
+        block = self._ids[table]
+        value = block.take()
+        if value is None:  # a whole block between two commits: reserve one here and now
+            block.add_block(*_reserve_now(self.path, table, block.size))
+            value = block.take()
+            assert value is not None
+        return value
+
+    async def _reserve_run_id(self) -> int:
+        """One run id, reserved in a transaction of its own (run ids follow start order)."""
+        async def statements(conn: aiosqlite.Connection) -> int:
+            ((end,),) = await conn.execute_fetchall(ids.reserve_statement("runs"), (1, "runs"))
+            return end - 1
+
+        return await self._transaction(statements, "cannot start a run")
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed. Raises StoreWriteFailed."""
@@ -660,7 +731,7 @@ class StoreWriter:
         async with self._conn_lock:
             rows = await self._conn.execute_fetchall(
                 f"SELECT ended_ns, targets FROM runs WHERE ended_ns IS NOT NULL "
-                f"AND command IN ({', '.join('?' * len(commands))}) ORDER BY id DESC LIMIT 200", commands)
+                f"AND command IN ({', '.join('?' * len(commands))}) ORDER BY ended_ns DESC LIMIT 200", commands)
         for ended_ns, targets in rows:
             try:
                 if target in json.loads(targets):
@@ -733,6 +804,10 @@ class StoreWriter:
         chunks = {"prune": _PRUNE_CHUNK // 4, "index": _INDEX_CHUNK // 4}
         try:
             while not self._stopping:
+                if not self._upkeep and not _try_flock(self._lock_fd):
+                    await self._idle_sleep(interval)  # another writer does the upkeep
+                    continue
+                self._upkeep = True
                 did = 0
                 if keep_ns is not None:
                     did += await self._tuned_step(
@@ -751,7 +826,10 @@ class StoreWriter:
         if self._stopping:
             return 0
         started = time.perf_counter()
-        done = await step(chunks[name])
+        try:
+            done = await step(chunks[name])
+        except _Busy:
+            return 0  # other writers kept the file busy: the next pass tries again
         took = time.perf_counter() - started
         if done and took > seconds:
             chunks[name] = max(_MIN_CHUNK, chunks[name] // 2)
@@ -781,7 +859,8 @@ class StoreWriter:
                 await asyncio.wait([task])  # the transaction ends (commit or rollback) first
             raise
 
-    async def _transaction(self, statements: Callable[[aiosqlite.Connection], Any]) -> Any:
+    async def _transaction(self, statements: Callable[[aiosqlite.Connection], Any],
+                           failed: str = "maintenance failed") -> Any:
         async with self._conn_lock:
             if self._stopping:  # the connection closes behind the final commit
                 raise StoreClosed(str(self.path))
@@ -797,7 +876,8 @@ class StoreWriter:
                     except sqlite3.Error:
                         pass
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(str(self.path), f"maintenance failed: {exc}") from None
+                    kind = _Busy if _busy(exc) else StoreError
+                    raise kind(str(self.path), f"{failed}: {exc}") from None
                 raise
             return result
 
@@ -810,6 +890,11 @@ class StoreWriter:
                 return 0
             ((last,),) = await conn.execute_fetchall("SELECT max(id) FROM observations")
             end = min(last, first - 1 + chunk)  # from the next stored id: gaps cost nothing
+            frontier = await self._lowest_frontier(conn)
+            if frontier is not None:
+                end = min(end, frontier - 1)  # a live writer may still commit ids above it
+            if end < first:
+                return 0
             await conn.execute(
                 "INSERT INTO log_fts (rowid, line) SELECT id, json_extract(data, '$.line') "
                 # NOT INDEXED: by id range; SQLite would walk every log line of kind_at
@@ -818,6 +903,15 @@ class StoreWriter:
             return end - upto
 
         return await self._transaction(statements)
+
+    @staticmethod
+    async def _lowest_frontier(conn: aiosqlite.Connection) -> int | None:
+        """The lowest observation id a live writer may still commit (dead writers' rows go)."""
+        lowest, dead = ids.lowest_live_frontier(
+            await conn.execute_fetchall("SELECT token, pid, frontier FROM writers"))
+        if dead:
+            await conn.executemany("DELETE FROM writers WHERE token = ?", [(token,) for token in dead])
+        return lowest
 
     async def _prune(self, before_ns: int, chunk: int) -> int:
         async def statements(conn: aiosqlite.Connection) -> int:
@@ -856,9 +950,18 @@ class StoreWriter:
             self._fail(exc)
 
     async def _commit(self) -> None:
-        batch = self._take()
-        self._inflight = asyncio.ensure_future(self._write(batch))
-        await asyncio.shield(self._inflight)
+        """Commit the queue; a commit refused for SQLITE_BUSY past the busy timeout (other
+        writers held the file) is retried `_BUSY_RETRIES` times before the writer fails."""
+        for attempt in range(_BUSY_RETRIES + 1):
+            batch = self._take()  # a failed batch was put back in front of the queue
+            self._inflight = asyncio.ensure_future(self._write(batch))
+            try:
+                await asyncio.shield(self._inflight)
+                break
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or attempt == _BUSY_RETRIES:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
         self._commits += 1
         if self._checkpoint_every and self._commits % self._checkpoint_every == 0:
             await self._checkpoint()
@@ -876,6 +979,9 @@ class StoreWriter:
                     await conn.executemany(_INSERT_OBS, batch.observations)
                     if conn.total_changes - before < len(batch.observations):
                         await self._redirect_duplicates(batch.observations)
+                    await conn.execute("UPDATE writers SET frontier = ? WHERE token = ?",
+                                       (self._frontier(), self._token))
+                spares = await self._reserve_spares(conn)
                 if batch.changes:
                     changes = batch.changes
                     if self._redirects:
@@ -888,6 +994,8 @@ class StoreWriter:
                 for sql, params in batch.updates:
                     await conn.execute(sql, params)
                 await conn.execute("COMMIT")
+                for table, block in spares:
+                    self._ids[table].add_block(*block)
             except BaseException:
                 # After a cancelled executemany its rows are in the transaction anyway:
                 # the rollback (queued behind it on the connection's thread) drops them.
@@ -902,21 +1010,46 @@ class StoreWriter:
         self._committed_seq = max(self._committed_seq, batch.seq)
         self._release_waiters()
 
+    def _frontier(self) -> int:
+        """The lowest observation id this writer may still commit (see schema migration 4)."""
+        queued = self._queue.observations
+        return queued[0][_ID] if queued else self._ids["observations"].lowest()
+
+    async def _reserve_spares(self, conn: aiosqlite.Connection) -> list[tuple[str, tuple[int, int]]]:
+        """Reserve, in the open transaction, the next block of each table running low."""
+        spares = []
+        for table, block in self._ids.items():
+            if block.wants_spare():
+                ((end,),) = await conn.execute_fetchall(ids.reserve_statement(table), (block.size, table))
+                spares.append((table, (end - block.size, end)))
+        return spares
+
     async def _redirect_duplicates(self, rows: list[tuple]) -> None:
-        """Map the ids of events the unique key refused to the rows already stored."""
+        """For each event or log line the unique key refused: map an event's id to the row
+        already stored, and link that row to this run when another run stored it."""
         stored = {r[0] for r in await self._conn.execute_fetchall(
             "SELECT id FROM observations WHERE id BETWEEN ? AND ?", (rows[0][_ID], rows[-1][_ID]))}
+        links = []
         for row in rows:
-            if row[_ID] in stored or row[_KIND] != "event":
-                continue  # a log line already stored is simply dropped: nothing refers to it
-            found = await self._conn.execute_fetchall(
-                "SELECT id FROM observations WHERE kind = 'event' AND target = ? "
-                "AND container_id = ? AND status = ? AND at_ns = ?",
-                (row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]))
-            if found:
-                self._redirects[row[_ID]] = found[0][0]
-                self._remember_event((row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]),
-                                     found[0][0])
+            if row[_ID] in stored:
+                continue
+            if row[_KIND] == "event":
+                found = await self._conn.execute_fetchall(_STORED_EVENT, (
+                    row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]))
+            else:
+                found = await self._conn.execute_fetchall(_STORED_LOG, (
+                    row[_TARGET], row[_CONTAINER], row[_AT_NS], row[_SEQ]))
+            if not found:
+                continue
+            found_id, found_run = found[0]
+            if row[_RUN_ID] is not None and found_run != row[_RUN_ID]:
+                links.append((row[_RUN_ID], found_id, row[_ID]))
+            if row[_KIND] == "event":
+                self._redirects[row[_ID]] = found_id
+                self._remember_event((row[_RUN_ID], row[_TARGET], row[_CONTAINER_ID], row[_STATUS],
+                                      row[_AT_NS]), found_id)
+        if links:
+            await self._conn.executemany(_INSERT_LINK, links)
         while len(self._redirects) > _REDIRECT_SIZE:
             del self._redirects[next(iter(self._redirects))]
 
@@ -927,12 +1060,12 @@ class StoreWriter:
         return (change_row[0], target_id, *change_row[2:])
 
     async def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint by the upkeep holder: it copies what no reader still needs
+        and never takes the write lock, so other writers never wait for it."""
+        if not self._upkeep:
+            return
         async with self._conn_lock:
-            await self._conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_BUSY_MS}")
-            try:
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                await self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- bookkeeping -----------------------------------------------------------------------
 

@@ -1,0 +1,176 @@
+"""Several writers, one store file: real processes writing at the same time (schema migration 4).
+
+Each writer reserves blocks of ids; an event or log line another run stored first is linked
+to the run that saw it too, so every run's observation stream is whole and replays to its
+stored changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.replay import first_difference, replay_run
+from agent.sink import Sink
+from machines.container import Fleet, MachineSettings
+from machines.observations import EventObs, LogObs, Observation
+from store import StoreReader, StoreWriter
+from store.ids import IdBlock
+
+BASE = 1_714_564_800_000_000_000
+CID = "b" * 64
+
+
+def _event(i: int, status: str, container: str = "shared", target: str = "node1") -> EventObs:
+    return EventObs(target, container, BASE + i * 1000, CID if container == "shared" else "c" * 64,
+                    status, image="localhost/tb:latest", attributes=(("name", container),))
+
+
+def _observations(name: str, count: int) -> list[Observation]:
+    """A writer's stream: its own log lines, and every 50th a start/died of the container
+    both writers watch (the same events, so the same unique keys)."""
+    stream: list[Observation] = []
+    for i in range(count):
+        stream.append(LogObs("node1", name, BASE + i, f"{name} line {i}", seq=i))
+        if i % 50 == 0:
+            stream.append(_event(i, "start" if i % 100 == 0 else "died"))
+    return stream
+
+
+async def _write(db: str, name: str, count: int, batch_size: int) -> int:
+    async with StoreWriter.open(db, [], batch_size=batch_size, flush_interval=0.005) as writer:
+        run_id = await writer.start_run(name, ["node1"], {})
+        for obs in _observations(name, count):
+            await writer.add_wait(obs, run_id)
+            if obs.kind == "log" and obs.seq % 97 == 0:
+                await asyncio.sleep(0)  # let the other process interleave its commits
+        await writer.end_run(run_id, "pass")
+        return run_id
+
+
+def _writer_process(db: str, name: str, count: int, batch_size: int, start, out) -> None:
+    start.wait()
+    out.put((name, asyncio.run(_write(db, name, count, batch_size))))
+
+
+def _run_concurrently(db: Path, count: int, batch_size: int) -> dict[str, int]:
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_writer_process, args=(str(db), name, count, batch_size, start, out))
+             for name in ("alpha", "beta")]
+    for proc in procs:
+        proc.start()
+    start.set()
+    runs = dict(out.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    return runs
+
+
+def test_two_processes_write_one_file_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    count = 30_000
+    runs = _run_concurrently(db, count, batch_size=500)
+    with StoreReader(db) as reader:
+        ids = [row[0] for row in reader.query("SELECT id FROM observations")[1]]
+        assert len(ids) == len(set(ids))
+        events = reader.query("SELECT count(*), count(DISTINCT at_ns || status) FROM observations "
+                              "WHERE kind = 'event'")[1][0]
+        assert events == (count // 50, count // 50)  # every shared event stored once
+        for name, run_id in runs.items():
+            logs = reader.query("SELECT count(*) FROM observations WHERE run_id = ? AND kind = 'log'",
+                                (run_id,))[1][0][0]
+            assert logs == count
+            stream = [record.obs for record in reader.arrival_records(run_id=run_id)]
+            assert stream == _observations(name, count)  # whole, in the order it was seen
+        run_ids = sorted(runs.values())
+        links = reader.query("SELECT count(*) FROM run_observations")[1][0][0]
+        assert links == count // 50  # each shared event linked to the run that came second
+        assert [r.id for r in reader.runs()] == run_ids
+        # the writers are gone: nothing holds back the text index
+        assert reader.query("SELECT count(*) FROM writers")[1][0][0] == 0
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
+
+
+async def _record(db: Path, name: str, stream: list[Observation]) -> int:
+    async with StoreWriter.open(db, [], batch_size=7) as writer:
+        run_id = await writer.start_run(name, ["node1"], {})
+        fleet = Fleet(MachineSettings())
+        sink = Sink(fleet, writer, run_id)
+        for obs in stream:
+            sink.put(obs)
+        fleet.close()
+        await writer.end_run(run_id, "pass")
+        return run_id
+
+
+def _deaths(first: int, count: int, container: str = "shared") -> list[Observation]:
+    stream: list[Observation] = []
+    for i in range(first, first + count):
+        stream += [_event(4 * i, "start", container), _event(4 * i + 1, "died", container)]
+    return stream
+
+
+def test_a_run_whose_events_another_run_stored_first_replays_to_its_changes(tmp_path: Path) -> None:
+    """The watch stores the container's deaths first; the check, while the watch's writer is
+    still open, sees the same events among its own: its stream and its replay stay whole."""
+    db = tmp_path / "replay.db"
+
+    async def both() -> tuple[int, int]:
+        async with StoreWriter.open(db, []) as watch:
+            watch_run = await watch.start_run("watch", ["node1"], {})
+            fleet = Fleet(MachineSettings())
+            sink = Sink(fleet, watch, watch_run)
+            for obs in _deaths(0, 6):
+                sink.put(obs)
+            await watch.flush()
+            check_stream = _deaths(100, 2, "own") + _deaths(0, 6) + _deaths(102, 2, "own")
+            check_run = await _record(db, "check", check_stream)
+            for obs in _deaths(6, 2):
+                sink.put(obs)
+            fleet.close()
+            await watch.end_run(watch_run, "pass")
+            return watch_run, check_run
+
+    watch_run, check_run = asyncio.run(both())
+    with StoreReader(db) as reader:
+        for run_id in (watch_run, check_run):
+            replayed, stored = replay_run(reader, run_id)
+            assert len(stored) > 4
+            assert first_difference(replayed, stored) is None, run_id
+        shared = reader.query("SELECT count(*) FROM run_observations WHERE run_id = ?", (check_run,))[1]
+        assert shared == [(12,)]
+        check_changes = list(reader.changes(run_id=check_run))
+        watch_ids = {row[0] for row in reader.query(
+            "SELECT id FROM observations WHERE run_id = ?", (watch_run,))[1]}
+        assert any(change.observation_id in watch_ids for change in check_changes)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.just("take"), st.integers(1, 5)), max_size=60))
+def test_an_id_block_only_increases(steps: list) -> None:
+    """Blocks arrive in any order (a spare reserved in a commit, one reserved on the spot):
+    the ids given out only increase and never repeat."""
+    block = IdBlock("observations", 4)
+    block.add_block(1, 5)
+    given_out: list[int] = []
+    top = 5
+    for step in steps:
+        if step == "take":
+            value = block.take()
+            if value is not None:
+                given_out.append(value)
+        else:
+            first = top + step * 4
+            block.add_block(first, first + 4)
+            top = first + 4
+            block.add_block(first - 3, first - 1)  # an older reservation arriving late: dropped
+    assert given_out == sorted(set(given_out))
