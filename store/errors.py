@@ -51,7 +51,8 @@ class StoreVersionError(StoreError):
 
 
 class StoreLocked(StoreError):
-    """Another process is already writing this store (one writer per file)."""
+    """Another process is already writing this store. Kept for callers that import it:
+    since schema migration 4 several writers share a file and no writer raises it."""
 
     def __init__(self, path: str, holder: str) -> None:
         who = f"process {holder}" if holder else "another process"
