@@ -347,6 +347,18 @@ def _reserve_now(path: Path, table: str, size: int) -> tuple[int, int]:
         conn.close()
 
 
+def _unregister(path: Path, token: int) -> None:
+    """Drop writer `token`'s row (a writer whose open failed half way); best effort."""
+    try:
+        conn = _connect_sync(path)
+        try:
+            conn.execute("DELETE FROM writers WHERE token = ?", (token,))
+        finally:
+            conn.close()
+    except (sqlite3.Error, StoreError):
+        pass
+
+
 def _upkeep_lock(path: Path) -> int:
     """Open `<db>-writer.lock` (0600): whoever holds its flock does the store's upkeep."""
     return os.open(Path(f"{path}-writer.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -436,6 +448,7 @@ class StoreWriter:
         lock_fd = _upkeep_lock(path)
         token = int.from_bytes(os.urandom(8), "big") >> 1
         conn: aiosqlite.Connection | None = None
+        blocks = None
         try:
             _create_private(path)
             preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path, token))
@@ -443,6 +456,8 @@ class StoreWriter:
                 blocks = await asyncio.shield(preparing)
             except asyncio.CancelledError:
                 await asyncio.wait([preparing])  # keep the lock until the migration is done
+                if not preparing.cancelled() and preparing.exception() is None:
+                    blocks = preparing.result()  # registered: unregister below
                 raise
             conn = await aiosqlite.connect(path, isolation_level=None)
             for pragma in _PRAGMAS:
@@ -453,6 +468,8 @@ class StoreWriter:
             if conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
+            if blocks is not None:
+                _unregister(path, token)  # else its frontier holds the text index back
             os.close(lock_fd)
             raise
 

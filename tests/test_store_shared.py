@@ -174,3 +174,56 @@ def test_an_id_block_only_increases(steps: list) -> None:
             top = first + 4
             block.add_block(first - 3, first - 1)  # an older reservation arriving late: dropped
     assert given_out == sorted(set(given_out))
+
+
+def test_the_text_index_never_passes_a_live_writers_frontier(tmp_path: Path) -> None:
+    """`fts_indexed_upto` means every stored id at or below it is indexed: while a writer with
+    a lower block may still commit, the indexer stops below it, and catches up once it is gone."""
+    db = tmp_path / "fts.db"
+
+    def upto() -> int:
+        with StoreReader(db) as reader:
+            return reader.query("SELECT value FROM store_state WHERE key = 'fts_indexed_upto'")[1][0][0]
+
+    async def two() -> tuple[list[int], list[int]]:
+        async with StoreWriter.open(db, []) as low:
+            low_ids = [low.add(LogObs("node1", "low", BASE + i, f"low {i}", seq=i)) for i in range(5)]
+            await low.flush()
+            async with StoreWriter.open(db, []) as high:
+                high_ids = [high.add(LogObs("node1", "high", BASE + i, f"high {i}", seq=i)) for i in range(5)]
+                await high.flush()
+                await high.index_logs()
+                assert upto() == low_ids[-1]  # not past the low writer, which may still commit
+                late = low.add(LogObs("node1", "low", BASE + 9, "low late", seq=9))
+                await low.flush()
+                await low.index_logs()
+                assert upto() == late
+            assert high_ids[0] > late
+            return low_ids + [late], high_ids
+
+    low_ids, high_ids = asyncio.run(two())
+    with StoreReader(db) as reader:
+        found = {row["id"] for row in reader.select("logs", grep="late")}
+        assert found == {low_ids[-1]}
+
+
+def test_a_commit_refused_past_the_busy_timeout_is_retried(tmp_path: Path) -> None:
+    """Another connection holds the write lock longer than the writer's busy timeout: the
+    commit is retried, not failed, and the rows land once."""
+    db = tmp_path / "busy.db"
+
+    async def held() -> list[int]:
+        async with StoreWriter.open(db, []) as writer:
+            await writer._conn.execute("PRAGMA busy_timeout = 100")  # fail fast, to see the retries
+            holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            holder.execute("BEGIN IMMEDIATE")
+            added = [writer.add(LogObs("node1", "c", BASE + i, f"line {i}", seq=i)) for i in range(3)]
+            release = asyncio.get_running_loop().call_later(0.6, holder.execute, "COMMIT")
+            await writer.flush()
+            release.cancel()
+            holder.close()
+            return added
+
+    added = asyncio.run(held())
+    with StoreReader(db) as reader:
+        assert [row[0] for row in reader.query("SELECT id FROM observations ORDER BY id")[1]] == added
