@@ -4,11 +4,16 @@ On the real testbed (prefix `tmw-`, port_base 36330) over the real sshd: a `watc
 a `check` started meanwhile on the same file succeeds with its normal verdict (the clean
 testbed passes), `query` during both returns rows consistent with what is stored at that
 moment, and afterwards both runs replay to exactly their stored changes (`replay --verify`).
+A check stores no events (it reads deaths from podman's events without storing them), so
+a second test makes a death while a `soak` and a `watch` follow the same node: one run
+stores the event, the other links it, and both still replay exactly.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 
@@ -45,14 +50,25 @@ def _query_is_consistent(bed: Node, db, run_id: int) -> int:
     return len(rows)
 
 
-def test_check_while_watch_writes_the_same_store(bed, sshd, agents, tmp_path):
-    db = tmp_path / "shared.db"
+def _replays_exactly(bed: Node, db, run_id: int) -> None:
+    replayed = podwarden(["replay", "--run", str(run_id), "--verify", "--json",
+                          "--config", str(bed.config), "--db", str(db)], timeout=60)
+    assert replayed.returncode == 0, (run_id, replayed.stdout[-2000:], replayed.stderr[-2000:])
+
+
+def _start_watch(bed: Node, sshd, agents, db) -> tuple[Agent, int]:
     watch = Agent(sshd, bed.config, db, "watch")
     agents.append(watch.start())
     watch.wait_connected(60)
     wait_for(lambda: db.exists() and read_db(db, "SELECT count(*) FROM observations")[0][0] > 0, 30,
              "the watch's first rows")
     ((watch_run,),) = read_db(db, "SELECT id FROM runs WHERE command = 'watch'")
+    return watch, watch_run
+
+
+def test_check_while_watch_writes_the_same_store(bed, sshd, agents, tmp_path):
+    db = tmp_path / "shared.db"
+    watch, watch_run = _start_watch(bed, sshd, agents, db)
 
     checked: dict = {}
     check = threading.Thread(target=lambda: checked.update(
@@ -81,8 +97,51 @@ def test_check_while_watch_writes_the_same_store(bed, sshd, agents, tmp_path):
     assert time.monotonic() - started < 60
 
     for run_id in (runs["check"], runs["watch"]):
-        replayed = podwarden(["replay", "--run", str(run_id), "--verify", "--json",
-                              "--config", str(bed.config), "--db", str(db)], timeout=60)
-        assert replayed.returncode == 0, (run_id, replayed.stdout[-2000:], replayed.stderr[-2000:])
+        _replays_exactly(bed, db, run_id)
     assert read_db(db, "SELECT count(*) FROM writers") == [(0,)]
     assert oct(db.stat().st_mode & 0o777) == oct(0o600)
+
+
+def _main_pid(name: str) -> int:
+    text = subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", name], capture_output=True,
+                          text=True, timeout=60).stdout.strip()
+    return int(text or 0)
+
+
+def test_a_death_both_runs_saw_replays_in_both(bed, sshd, agents, tmp_path):
+    """A UI killed while a watch and a soak record into one file: both follow podman's events, so
+    one stores the death and the other links the stored row to its run; both replay exactly."""
+    db = tmp_path / "death.db"
+    ui = bed.prefix + "node-ui"
+    started = time.monotonic()
+    watch, watch_run = _start_watch(bed, sshd, agents, db)
+    with open(tmp_path / "soak.out", "wb") as out, open(tmp_path / "soak.err", "wb") as err:
+        soak = subprocess.Popen(bed.run_argv("soak", "--for", "12s", "--json", "--db", str(db)),
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: read_db(db, "SELECT count(*) FROM observations o JOIN runs r ON r.id = o.run_id "
+                                     "WHERE r.command = 'soak' AND o.kind = 'agent'")[0][0] > 0, 30,
+                 "the soak to connect")
+        pid = _main_pid(ui)
+        assert pid > 0
+        os.kill(pid, 9)
+        code = soak.wait(60)
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+            soak.wait(10)
+    assert code in (0, 1), (tmp_path / "soak.err").read_text()[-3000:]  # the death is drift: its verdict
+    assert watch.alive(), watch.stderr()
+    ((soak_run,),) = read_db(db, "SELECT id FROM runs WHERE command = 'soak'")
+    died = read_db(db, "SELECT id, run_id FROM observations WHERE kind = 'event' AND status = 'died' "
+                       "AND container = ?", (ui,))
+    assert len(died) == 1, died  # stored once
+    ((died_id, first_run),) = died
+    second_run = soak_run if first_run == watch_run else watch_run
+    assert read_db(db, "SELECT count(*) FROM run_observations WHERE run_id = ? AND observation_id = ?",
+                   (second_run, died_id)) == [(1,)]
+    assert watch.terminate() == 0, watch.stderr()
+    for run_id in (soak_run, watch_run):
+        _replays_exactly(bed, db, run_id)
+    wait_for(lambda: _main_pid(ui) not in (0, pid), 30, f"{ui} running again")
+    assert time.monotonic() - started < 60
