@@ -3,10 +3,10 @@
 `id_blocks` (schema migration 4) holds each table's next free id. A writer reserves a
 block with one UPDATE ... RETURNING inside a BEGIN IMMEDIATE transaction (SQLite lets one
 writer at a time in, so two reservations never overlap), seeded from max(id) + 1 as well,
-so rows written any other way are never overwritten. A writer gives out the ids of its
-block in order and reserves the next block (its `spare`) in one of its own commits while
-half the block is left, so `add()` never waits for the file; only a writer that runs
-through a whole block between two commits reserves one synchronously.
+so rows written any other way are never overwritten. A writer opens with a block and a
+spare, gives out the ids in order and reserves the next spare in one of its own commits
+once less than half a block is left, so `add()` never waits for the file; only a writer
+that runs through a whole block between two commits reserves one synchronously.
 
 Ids therefore increase within one writer, and interleave between writers in blocks:
 time order comes from `at_ns`, id order is only the arrival order of one writer's rows.

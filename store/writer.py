@@ -304,9 +304,9 @@ def _connect_sync(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _prepare(path: Path, token: int) -> dict[str, tuple[int, int]]:
+def _prepare(path: Path, token: int) -> dict[str, list[tuple[int, int]]]:
     """Create and migrate the file, register writer `token` and reserve its first block of
-    ids per table: {table: (first, end)}. Runs in a thread."""
+    ids per table and its spare: {table: [(first, end), (first, end)]}. Runs in a thread."""
     conn = _connect_sync(path)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -316,9 +316,10 @@ def _prepare(path: Path, token: int) -> dict[str, tuple[int, int]]:
         schema.migrate(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            blocks = {table: ids.reserve(conn, table, size) for table, size in ids.BLOCK_SIZES.items()}
+            blocks = {table: [ids.reserve(conn, table, size), ids.reserve(conn, table, size)]
+                      for table, size in ids.BLOCK_SIZES.items()}
             conn.execute("INSERT INTO writers (token, pid, frontier) VALUES (?, ?, ?)",
-                         (token, os.getpid(), blocks["observations"][0]))
+                         (token, os.getpid(), blocks["observations"][0][0]))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -393,7 +394,7 @@ class StoreWriter:
     writer`) and always close it."""
 
     def __init__(self, path: Path, conn: aiosqlite.Connection, lock_fd: int, redactor: Redactor,
-                 token: int, blocks: Mapping[str, tuple[int, int]], *, batch_size: int,
+                 token: int, blocks: Mapping[str, list[tuple[int, int]]], *, batch_size: int,
                  flush_interval: float, max_pending: int, checkpoint_every: int) -> None:
         """Use `StoreWriter.open`."""
         self.path = path
@@ -407,8 +408,9 @@ class StoreWriter:
         self._max_pending = max_pending
         self._checkpoint_every = checkpoint_every
         self._ids = {table: ids.IdBlock(table, size) for table, size in ids.BLOCK_SIZES.items()}
-        for table, (first, end) in blocks.items():
-            self._ids[table].add_block(first, end)
+        for table, reserved in blocks.items():
+            for first, end in reserved:
+                self._ids[table].add_block(first, end)
         self._queue = _Batch()
         self._pending = 0
         self._queued_seq = 0
@@ -662,7 +664,12 @@ class StoreWriter:
     def _take_id(self, table: str) -> int:
         block = self._ids[table]
         value = block.take()
-        if value is None:  # a whole block between two commits: reserve one here and now
+        if value is None:
+            # A whole block given out between the starts of two commits (a spare is reserved
+            # in each commit that finds less than half a block left): reserve one here, on a
+            # connection of its own. Should this writer's own transaction be open meanwhile,
+            # this waits out the busy timeout and raises StoreError; `add_wait` (50,000 rows
+            # at most queued) never gets near.
             block.add_block(*_reserve_now(self.path, table, block.size))
             value = block.take()
             assert value is not None

@@ -227,3 +227,29 @@ def test_a_commit_refused_past_the_busy_timeout_is_retried(tmp_path: Path) -> No
     added = asyncio.run(held())
     with StoreReader(db) as reader:
         assert [row[0] for row in reader.query("SELECT id FROM observations ORDER BY id")[1]] == added
+
+
+def test_small_blocks_run_out_and_ids_stay_unique(tmp_path: Path, monkeypatch) -> None:
+    """Blocks of 3 ids: a burst of adds uses up the block and the spare (reserved on the spot),
+    commits reserve spares, and two writers' ids never meet and only increase per writer."""
+    from store import ids
+
+    monkeypatch.setitem(ids.BLOCK_SIZES, "observations", 3)
+    db = tmp_path / "small.db"
+
+    async def two() -> tuple[list[int], list[int]]:
+        async with StoreWriter.open(db, [], batch_size=2) as a, StoreWriter.open(db, [], batch_size=2) as b:
+            got_a, got_b = [], []
+            for i in range(40):
+                got_a.append(a.add(LogObs("node1", "a", BASE + i, "a", seq=i)))
+                got_b.append(b.add(LogObs("node1", "b", BASE + i, "b", seq=i)))
+                if i % 7 == 0:
+                    await asyncio.sleep(0.01)
+            return got_a, got_b
+
+    got_a, got_b = asyncio.run(two())
+    assert got_a == sorted(got_a) and got_b == sorted(got_b)
+    assert len(set(got_a) | set(got_b)) == 80
+    with StoreReader(db) as reader:
+        stored = sorted(row[0] for row in reader.query("SELECT id FROM observations")[1])
+    assert stored == sorted(got_a + got_b)
