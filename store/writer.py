@@ -33,6 +33,8 @@ lines for text search (`log_fts`, schema migration 3) and, given a retention, de
 is older; each step is one short transaction on this connection between two commits
 (`index_logs`, `prune`). Deleted pages are reused by later inserts: the file stops growing
 at about `keep`'s worth of observations (no VACUUM: it would hold the write lock for minutes).
+Of several writers of one file, only the holder of the upkeep lock does this; the text
+index stops below the lowest id a live writer may still commit (`writers.frontier`).
 """
 
 from __future__ import annotations
@@ -820,8 +822,10 @@ class StoreWriter:
         Meant to run in the task group that owns the writer; returns once the writer is
         closing. A step runs only while the writer is not committing and has less than a
         batch queued, and aims at `step_seconds` (its chunk grows and shrinks to fit); after
-        a pass with nothing left to do it sleeps `interval` seconds. Raises StoreWriteFailed
-        or StoreError when a step fails (the writer itself keeps going).
+        a pass with nothing left to do it sleeps `interval` seconds. Only the writer that
+        holds the upkeep lock (`<db>-writer.lock`) tidies; another tries to take it every
+        `interval` seconds. A step refused for SQLITE_BUSY is skipped until the next pass.
+        Raises StoreWriteFailed or StoreError when a step fails (the writer itself keeps going).
         """
         if keep_ns is not None and keep_ns <= 0:
             raise ValueError(f"keep_ns must be positive, not {keep_ns}")
