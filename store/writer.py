@@ -552,10 +552,11 @@ class StoreWriter:
         """Queue an observation; return the id it is stored under.
 
         An event already stored (same target, container id, status and at_ns) is not
-        stored again: its existing id is returned when this writer knows it, and otherwise
-        (an event from an earlier session) references to the new id are redirected to the
-        stored row at commit. A log line already stored (same target, container, at_ns and
-        seq) is dropped at commit. `redacted`: the caller redacted `obs` with this
+        stored again: its existing id is returned when this writer knows it for this run,
+        and otherwise (an event from an earlier session, or another writer's) references to
+        the new id are redirected to the stored row at commit. A log line already stored
+        (same target, container, at_ns and seq) is dropped at commit. Either, when another
+        run stored it, is linked to `run_id` (`run_observations`) in the same commit. `redacted`: the caller redacted `obs` with this
         writer's redactor already (text is redacted exactly once: a pattern that is not
         idempotent would otherwise make the stored text differ from what the machines saw).
         Never blocks; raises StoreClosed / StoreWriteFailed.
