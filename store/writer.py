@@ -999,6 +999,7 @@ class StoreWriter:
         """Commit one batch in one transaction; on any failure roll back and requeue it."""
         async with self._conn_lock:
             conn = self._conn
+            redirects: dict[int, int] = {}  # this batch's, whatever the trim of self._redirects
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 if batch.runs:
@@ -1007,14 +1008,14 @@ class StoreWriter:
                     before = conn.total_changes
                     await conn.executemany(_INSERT_OBS, batch.observations)
                     if conn.total_changes - before < len(batch.observations):
-                        await self._redirect_duplicates(batch.observations)
+                        redirects = await self._redirect_duplicates(batch.observations)
                     await conn.execute("UPDATE writers SET frontier = ? WHERE token = ?",
                                        (self._frontier(), self._token))
                 spares = await self._reserve_spares(conn)
                 if batch.changes:
                     changes = batch.changes
-                    if self._redirects:
-                        changes = [self._redirected(row) for row in changes]
+                    if self._redirects or redirects:
+                        changes = [self._redirected(row, redirects) for row in changes]
                     await conn.executemany(_INSERT_CHANGE, changes)
                 if batch.findings:
                     await conn.executemany(_INSERT_FINDING, batch.findings)
@@ -1025,6 +1026,8 @@ class StoreWriter:
                 await conn.execute("COMMIT")
                 for table, block in spares:
                     self._ids[table].add_block(*block)
+                if redirects:
+                    self._keep_redirects(redirects)
             except BaseException:
                 # After a cancelled executemany its rows are in the transaction anyway:
                 # the rollback (queued behind it on the connection's thread) drops them.
@@ -1053,9 +1056,12 @@ class StoreWriter:
                 spares.append((table, (end - block.size, end)))
         return spares
 
-    async def _redirect_duplicates(self, rows: list[tuple]) -> None:
+    async def _redirect_duplicates(self, rows: list[tuple]) -> dict[int, int]:
         """For each event or log line the unique key refused: map an event's id to the row
-        already stored, and link that row to this run when another run stored it."""
+        already stored, and link that row to this run when another run stored it. Returns
+        this batch's redirects (whole: the batch's changes are remapped from them, while
+        `self._redirects`, for later batches, keeps only the newest `_REDIRECT_SIZE`)."""
+        redirects: dict[int, int] = {}
         stored = {r[0] for r in await self._conn.execute_fetchall(
             "SELECT id FROM observations WHERE id BETWEEN ? AND ?", (rows[0][_ID], rows[-1][_ID]))}
         links = []
@@ -1074,16 +1080,23 @@ class StoreWriter:
             if row[_RUN_ID] is not None and found_run != row[_RUN_ID]:
                 links.append((row[_RUN_ID], found_id, row[_ID]))
             if row[_KIND] == "event":
-                self._redirects[row[_ID]] = found_id
+                redirects[row[_ID]] = found_id
                 self._remember_event((row[_RUN_ID], row[_TARGET], row[_CONTAINER_ID], row[_STATUS],
                                       row[_AT_NS]), found_id)
         if links:
             await self._conn.executemany(_INSERT_LINK, links)
+        return redirects
+
+    def _keep_redirects(self, redirects: dict[int, int]) -> None:
+        """After a commit: keep the newest `_REDIRECT_SIZE` redirects for later batches."""
+        self._redirects.update(redirects)
         while len(self._redirects) > _REDIRECT_SIZE:
             del self._redirects[next(iter(self._redirects))]
 
-    def _redirected(self, change_row: tuple) -> tuple:
-        target_id = self._redirects.get(change_row[1])
+    def _redirected(self, change_row: tuple, redirects: dict[int, int]) -> tuple:
+        target_id = redirects.get(change_row[1])
+        if target_id is None:
+            target_id = self._redirects.get(change_row[1])
         if target_id is None:
             return change_row
         return (change_row[0], target_id, *change_row[2:])

@@ -253,3 +253,43 @@ def test_small_blocks_run_out_and_ids_stay_unique(tmp_path: Path, monkeypatch) -
     with StoreReader(db) as reader:
         stored = sorted(row[0] for row in reader.query("SELECT id FROM observations")[1])
     assert stored == sorted(got_a + got_b)
+
+
+def test_a_change_in_a_batch_with_more_redirects_than_kept_points_at_a_stored_row(
+        tmp_path: Path, monkeypatch) -> None:
+    """More events another run stored first in one batch than the writer keeps redirects for:
+    the batch's changes are remapped from all of the batch's redirects, not the trimmed ones."""
+    from types import SimpleNamespace
+
+    from store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_REDIRECT_SIZE", 5)
+    db = tmp_path / "redirects.db"
+    count = 20
+
+    def event(i: int) -> EventObs:
+        return EventObs("node1", "c", BASE + i, CID, "died", image="i", attributes=())
+
+    async def both() -> None:
+        async with StoreWriter.open(db, [], batch_size=10_000, flush_interval=60) as first:
+            run = await first.start_run("watch", ["node1"], {})
+            for i in range(count):
+                first.add(event(i), run)
+            await first.end_run(run, "pass")
+        async with StoreWriter.open(db, [], batch_size=10_000, flush_interval=60) as second:
+            run = await second.start_run("check", ["node1"], {})
+            obs_id = second.add(event(0), run)
+            change = SimpleNamespace(target="node1", container="c", at_ns=BASE, from_state="running",
+                                     to_state="exited", cause="died", contradiction=False,
+                                     obs_kind="event")
+            second.add_change(change, obs_id, run)
+            for i in range(1, count):
+                second.add(event(i), run)
+            await second.end_run(run, "pass")
+
+    asyncio.run(both())
+    with StoreReader(db) as reader:
+        dangling = reader.query("SELECT c.id FROM changes c LEFT JOIN observations o "
+                                "ON o.id = c.observation_id WHERE o.id IS NULL")[1]
+        assert dangling == []
+        assert reader.query("SELECT count(*) FROM changes")[1] == [(1,)]
