@@ -293,3 +293,40 @@ def test_a_change_in_a_batch_with_more_redirects_than_kept_points_at_a_stored_ro
                                 "ON o.id = c.observation_id WHERE o.id IS NULL")[1]
         assert dangling == []
         assert reader.query("SELECT count(*) FROM changes")[1] == [(1,)]
+
+
+def test_query_of_a_run_includes_the_observations_linked_to_it(tmp_path: Path) -> None:
+    """`query ... --run ID`: a run's rows are its own and those another run stored first that
+    it saw too (run_observations), in every plan (by run, by target and container, text search)."""
+    db = tmp_path / "linked.db"
+
+    async def both() -> tuple[int, int]:
+        async with StoreWriter.open(db, []) as first:
+            run_a = await first.start_run("watch", ["node1"], {})
+            for i in range(4):
+                first.add(_event(i, "died"), run_a)
+                first.add(LogObs("node1", "shared", BASE + i, f"shared line {i}", seq=i), run_a)
+            await first.end_run(run_a, "pass")
+        async with StoreWriter.open(db, []) as second:
+            run_b = await second.start_run("check", ["node1"], {})
+            for i in range(2, 6):
+                second.add(_event(i, "died"), run_b)
+                second.add(LogObs("node1", "shared", BASE + i, f"shared line {i}", seq=i), run_b)
+            await second.end_run(run_b, "pass")
+            await second.index_logs()
+        return run_a, run_b
+
+    run_a, run_b = asyncio.run(both())
+    with StoreReader(db) as reader:
+        events = [row["at_ns"] for row in reader.select("events", run_id=run_b)]
+        assert events == [BASE + i * 1000 for i in range(2, 6)]
+        logs = [row["at_ns"] for row in reader.select("logs", run_id=run_b)]
+        assert logs == [BASE + i for i in range(2, 6)]
+        both_runs = [row["at_ns"] for row in reader.select("logs", run_id=(run_a, run_b))]
+        assert both_runs == [BASE + i for i in range(6)]  # each row once
+        by_pair = [row["at_ns"] for row in reader.select("logs", run_id=run_b, target="node1",
+                                                         container="shared")]
+        assert by_pair == logs
+        grep = [row["at_ns"] for row in reader.select("logs", run_id=run_b, grep="shared line")]
+        assert grep == logs
+        assert [row["at_ns"] for row in reader.select("logs", run_id=run_a)] == [BASE + i for i in range(4)]
