@@ -76,6 +76,7 @@ _PRAGMAS = (
     "PRAGMA busy_timeout = 5000",
 )
 _BUSY_TIMEOUT_MS = 5000
+_CHECKPOINT_BUSY_MS = 100  # a TRUNCATE checkpoint gives up quickly rather than stall writes
 _BUSY_RETRIES = 5  # a commit still refused after the busy timeout is retried this often
 
 _INSERT_RUN = ("INSERT INTO runs (id, command, targets, started_ns, ended_ns, verdict, config, pid) "
@@ -679,12 +680,20 @@ class StoreWriter:
         return value
 
     async def _reserve_run_id(self) -> int:
-        """One run id, reserved in a transaction of its own (run ids follow start order)."""
+        """One run id, reserved in a transaction of its own (run ids follow start order);
+        refused for SQLITE_BUSY past the busy timeout, it is retried like a commit."""
         async def statements(conn: aiosqlite.Connection) -> int:
             ((end,),) = await conn.execute_fetchall(ids.reserve_statement("runs"), (1, "runs"))
             return end - 1
 
-        return await self._transaction(statements, "cannot start a run")
+        for attempt in range(_BUSY_RETRIES + 1):
+            try:
+                return await self._transaction(statements, "cannot start a run")
+            except _Busy:
+                if attempt == _BUSY_RETRIES:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed. Raises StoreWriteFailed."""
@@ -1102,12 +1111,21 @@ class StoreWriter:
         return (change_row[0], target_id, *change_row[2:])
 
     async def _checkpoint(self) -> None:
-        """A PASSIVE checkpoint by the upkeep holder: it copies what no reader still needs
-        and never takes the write lock, so other writers never wait for it."""
-        if not self._upkeep:
-            return
+        """Checkpoint the WAL. A writer alone in `writers` runs a TRUNCATE checkpoint with a
+        short busy timeout (as a single writer always did: the WAL file shrinks back);
+        with other writers, the upkeep holder runs a PASSIVE one: it copies what no reader
+        still needs and never takes the write lock, so other writers never wait for it."""
         async with self._conn_lock:
-            await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            ((others,),) = await self._conn.execute_fetchall(
+                "SELECT count(*) FROM writers WHERE token != ?", (self._token,))
+            if not others:
+                await self._conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_BUSY_MS}")
+                try:
+                    await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    await self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            elif self._upkeep:
+                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- bookkeeping -----------------------------------------------------------------------
 

@@ -330,3 +330,51 @@ def test_query_of_a_run_includes_the_observations_linked_to_it(tmp_path: Path) -
         grep = [row["at_ns"] for row in reader.select("logs", run_id=run_b, grep="shared line")]
         assert grep == logs
         assert [row["at_ns"] for row in reader.select("logs", run_id=run_a)] == [BASE + i for i in range(4)]
+
+
+def test_start_run_refused_past_the_busy_timeout_is_retried(tmp_path: Path) -> None:
+    """Another connection holds the write lock longer than the busy timeout while a run
+    starts: its id reservation is retried like a commit, not failed."""
+    db = tmp_path / "busy_run.db"
+
+    async def held() -> int:
+        async with StoreWriter.open(db, []) as writer:
+            await writer._conn.execute("PRAGMA busy_timeout = 100")
+            holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            holder.execute("BEGIN IMMEDIATE")
+            release = asyncio.get_running_loop().call_later(0.4, holder.execute, "COMMIT")
+            run_id = await writer.start_run("check", ["node1"], {})
+            release.cancel()
+            holder.close()
+            return run_id
+
+    run_id = asyncio.run(held())
+    with StoreReader(db) as reader:
+        assert [run.id for run in reader.runs()] == [run_id]
+
+
+def test_a_writer_alone_truncates_the_wal_and_with_others_checkpoints_passively(tmp_path: Path) -> None:
+    """Alone in `writers`, a periodic checkpoint is TRUNCATE (the -wal file shrinks to 0);
+    with another writer open, it is PASSIVE (the -wal file keeps its size)."""
+    db = tmp_path / "wal.db"
+    wal = Path(f"{db}-wal")
+
+    async def write() -> tuple[int, int]:
+        async with StoreWriter.open(db, [], checkpoint_every=1) as writer:
+            for i in range(50):
+                writer.add(LogObs("node1", "c", BASE + i, f"line {i}", seq=i))
+            await writer.flush()
+            await asyncio.sleep(0.2)  # the checkpoint follows the commit that released flush()
+            alone = wal.stat().st_size
+            async with StoreWriter.open(db, [], checkpoint_every=1) as other:
+                for i in range(50, 100):
+                    writer.add(LogObs("node1", "c", BASE + i, f"line {i}", seq=i))
+                await writer.flush()
+                await asyncio.sleep(0.2)
+                shared = wal.stat().st_size
+                await other.flush()
+            return alone, shared
+
+    alone, shared = asyncio.run(write())
+    assert alone == 0
+    assert shared > 0
