@@ -157,7 +157,8 @@ MIGRATIONS: tuple[str, ...] = (
     #   below it is indexed".
     # - `run_observations`: an event or log line another run stored first, seen by this
     #   run too; `position` is the id this run's writer gave it, so the run's own rows and
-    #   these merge into the order the run saw them (replay).
+    #   these merge into the order the run saw them (replay). A link is deleted with its
+    #   run (retention: runs that ended) and with its observation (`observations_unlink`).
     """
     CREATE TABLE id_blocks (
         tbl      TEXT PRIMARY KEY,
@@ -183,6 +184,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, observation_id)
     ) WITHOUT ROWID;
     CREATE INDEX run_observations_position ON run_observations (run_id, position);
+    -- a link goes with its observation (retention), not only with its run: one index seek
+    -- per deleted event or log line, so a prune step stays bounded by its rows
+    CREATE INDEX run_observations_observation ON run_observations (observation_id);
+    CREATE TRIGGER observations_unlink AFTER DELETE ON observations
+        WHEN old.kind IN ('event', 'log')
+    BEGIN
+        DELETE FROM run_observations WHERE observation_id = old.id;
+    END;
     """,
 )
 

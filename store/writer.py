@@ -817,7 +817,8 @@ class StoreWriter:
         """Delete up to `chunk` rows older than `before_ns` in one transaction and return how
         many went (0: nothing older is left).
 
-        Observations and changes go by `at_ns`, then findings by `at_ns`, experiments and
+        Observations (with their `run_observations` links, by trigger) and changes go by
+        `at_ns`, then findings by `at_ns`, experiments and
         runs that ended before `before_ns` (a run or experiment still going is kept).
         Raises StoreClosed / StoreWriteFailed, StoreError when the statement fails.
         """

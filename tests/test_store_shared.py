@@ -378,3 +378,34 @@ def test_a_writer_alone_truncates_the_wal_and_with_others_checkpoints_passively(
     alone, shared = asyncio.run(write())
     assert alone == 0
     assert shared > 0
+
+
+def test_a_link_goes_with_its_pruned_observation(tmp_path: Path) -> None:
+    """Retention deletes an observation another run linked while that run has not ended:
+    its run_observations row goes with it (no link points at a row that is gone)."""
+    db = tmp_path / "unlink.db"
+
+    async def write() -> int:
+        async with StoreWriter.open(db, []) as first:
+            run_a = await first.start_run("watch", ["node1"], {})
+            for i in range(5):
+                first.add(_event(i, "died"), run_a)
+            await first.flush()
+            async with StoreWriter.open(db, []) as second:
+                run_b = await second.start_run("check", ["node1"], {})
+                for i in range(5):
+                    second.add(_event(i, "died"), run_b)
+                await second.flush()
+                with StoreReader(db) as reader:
+                    assert reader.query("SELECT count(*) FROM run_observations")[1] == [(5,)]
+                while await second.prune(BASE + 3 * 1000, chunk=2):
+                    pass
+            return run_b
+
+    asyncio.run(write())
+    with StoreReader(db) as reader:
+        assert reader.query("SELECT count(*) FROM observations")[1] == [(2,)]
+        dangling = reader.query("SELECT count(*) FROM run_observations l LEFT JOIN observations o "
+                                "ON o.id = l.observation_id WHERE o.id IS NULL")[1]
+        assert dangling == [(0,)]
+        assert reader.query("SELECT count(*) FROM run_observations")[1] == [(2,)]
