@@ -4,9 +4,12 @@
 block with one UPDATE ... RETURNING inside a BEGIN IMMEDIATE transaction (SQLite lets one
 writer at a time in, so two reservations never overlap), seeded from max(id) + 1 as well,
 so rows written any other way are never overwritten. A writer opens with a block and a
-spare, gives out the ids in order and reserves the next spare in one of its own commits
-once less than half a block is left, so `add()` never waits for the file; only a writer
-that runs through a whole block between two commits reserves one synchronously.
+spare, gives out the ids in order and, as soon as less than half a block is left, reserves
+the next spare in a short transaction of its own on its own connection (taken between its
+commits, never inside one), so `add()` never waits for the file. Blocks are large (ids are
+int64): a writer's backpressure (`max_pending`) keeps far fewer rows queued between two
+commits than half a block, so running out is not expected; should it happen, `add()`
+raises StoreError at once rather than wait for the file on the event loop.
 
 Ids therefore increase within one writer, and interleave between writers in blocks:
 time order comes from `at_ns`, id order is only the arrival order of one writer's rows.
@@ -19,9 +22,10 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Iterable
 
-# Block sizes per table. 100,000 observation ids: a writer takes a new block every ~1 s at
-# full ingest speed (bench_store: ~90k obs/s), a check's block lasts for the whole check.
-BLOCK_SIZES = {"observations": 100_000, "changes": 10_000, "findings": 1_000, "experiments": 100}
+# Block sizes per table: half a block outlasts many commits (a writer's queue is bounded by
+# its max_pending, 50,000 rows), so the spare is always reserved before it is needed.
+# 1,000,000 observation ids last a full-speed writer ~10 s (bench_store: ~90k obs/s).
+BLOCK_SIZES = {"observations": 1_000_000, "changes": 100_000, "findings": 10_000, "experiments": 1_000}
 TABLES = ("runs", *BLOCK_SIZES)
 
 # `?`: the block's size, then the table. Returns the end (exclusive) of the reserved block.

@@ -336,21 +336,6 @@ def _prepare(path: Path, token: int) -> dict[str, list[tuple[int, int]]]:
         conn.close()
 
 
-def _reserve_now(path: Path, table: str, size: int) -> tuple[int, int]:
-    """Reserve a block of ids on a connection of its own (blocks the caller: only for a
-    writer that used up its block and its spare between two commits)."""
-    conn = _connect_sync(path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        block = ids.reserve(conn, table, size)
-        conn.execute("COMMIT")
-        return block
-    except sqlite3.Error as exc:
-        raise StoreError(str(path), f"cannot reserve ids: {exc}") from None
-    finally:
-        conn.close()
-
-
 def _unregister(path: Path, token: int) -> None:
     """Drop writer `token`'s row (a writer whose open failed half way); best effort."""
     try:
@@ -423,6 +408,7 @@ class StoreWriter:
         self._conn_lock = asyncio.Lock()
         self._event_ids: dict[tuple, int] = {}
         self._redirects: dict[int, int] = {}
+        self._reserving: dict[str, asyncio.Future[None]] = {}
         self._failure: BaseException | None = None
         self._stopping = False
         self._commits = 0
@@ -510,6 +496,9 @@ class StoreWriter:
             await asyncio.wait([self._task])
             if self._inflight is not None and not self._inflight.done():
                 await asyncio.wait([self._inflight])
+            reserving = [task for task in self._reserving.values() if not task.done()]
+            if reserving:
+                await asyncio.wait(reserving)
             if self._failure is None and self._pending:
                 # The writer task was cancelled from outside; commit what it left.
                 try:
@@ -669,14 +658,15 @@ class StoreWriter:
         block = self._ids[table]
         value = block.take()
         if value is None:
-            # A whole block given out between the starts of two commits (a spare is reserved
-            # in each commit that finds less than half a block left): reserve one here, on a
-            # connection of its own. Should this writer's own transaction be open meanwhile,
-            # this waits out the busy timeout and raises StoreError; `add_wait` (50,000 rows
-            # at most queued) never gets near.
-            block.add_block(*_reserve_now(self.path, table, block.size))
-            value = block.take()
-            assert value is not None
+            # Half a block given out before its spare could be reserved: a writer given far
+            # more rows than its backpressure allows between two commits, or a file held by
+            # other writers past every retry. Never reserve here, on the event loop: this
+            # writer's own transaction may be open.
+            self._want_spare(table)
+            raise StoreError(str(self.path), f"ran out of {table} ids: {block.size:,} given out "
+                                             "before the next block could be reserved")
+        if block.wants_spare():
+            self._want_spare(table)
         return value
 
     async def _reserve_run_id(self) -> int:
@@ -1021,7 +1011,6 @@ class StoreWriter:
                         redirects = await self._redirect_duplicates(batch.observations)
                     await conn.execute("UPDATE writers SET frontier = ? WHERE token = ?",
                                        (self._frontier(), self._token))
-                spares = await self._reserve_spares(conn)
                 if batch.changes:
                     changes = batch.changes
                     if self._redirects or redirects:
@@ -1034,8 +1023,6 @@ class StoreWriter:
                 for sql, params in batch.updates:
                     await conn.execute(sql, params)
                 await conn.execute("COMMIT")
-                for table, block in spares:
-                    self._ids[table].add_block(*block)
                 if redirects:
                     self._keep_redirects(redirects)
             except BaseException:
@@ -1057,14 +1044,33 @@ class StoreWriter:
         queued = self._queue.observations
         return queued[0][_ID] if queued else self._ids["observations"].lowest()
 
-    async def _reserve_spares(self, conn: aiosqlite.Connection) -> list[tuple[str, tuple[int, int]]]:
-        """Reserve, in the open transaction, the next block of each table running low."""
-        spares = []
-        for table, block in self._ids.items():
-            if block.wants_spare():
-                ((end,),) = await conn.execute_fetchall(ids.reserve_statement(table), (block.size, table))
-                spares.append((table, (end - block.size, end)))
-        return spares
+    def _want_spare(self, table: str) -> None:
+        """Reserve `table`'s next block in a short transaction of its own on this writer's
+        connection (under its lock: between two commits, never inside one), in a task."""
+        task = self._reserving.get(table)
+        if task is not None and not task.done():
+            return
+        self._reserving[table] = asyncio.ensure_future(self._reserve_spare(table))
+
+    async def _reserve_spare(self, table: str) -> None:
+        block = self._ids[table]
+
+        async def statements(conn: aiosqlite.Connection) -> tuple[int, int]:
+            ((end,),) = await conn.execute_fetchall(ids.reserve_statement(table), (block.size, table))
+            return end - block.size, end
+
+        for attempt in range(_BUSY_RETRIES + 1):
+            if not block.wants_spare() or self._stopping or self._failure is not None:
+                return
+            try:
+                reserved = await self._transaction(statements, f"cannot reserve {table} ids")
+            except _Busy:
+                await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            except StoreError:
+                return  # closed, or failing: the next id taken asks again
+            block.add_block(*reserved)
+            return
 
     async def _redirect_duplicates(self, rows: list[tuple]) -> dict[int, int]:
         """For each event or log line the unique key refused: map an event's id to the row

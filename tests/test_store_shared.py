@@ -229,9 +229,15 @@ def test_a_commit_refused_past_the_busy_timeout_is_retried(tmp_path: Path) -> No
         assert [row[0] for row in reader.query("SELECT id FROM observations ORDER BY id")[1]] == added
 
 
+async def _spares_reserved(writer: StoreWriter) -> None:
+    pending = [task for task in writer._reserving.values() if not task.done()]
+    if pending:
+        await asyncio.wait(pending)
+
+
 def test_small_blocks_run_out_and_ids_stay_unique(tmp_path: Path, monkeypatch) -> None:
-    """Blocks of 3 ids: a burst of adds uses up the block and the spare (reserved on the spot),
-    commits reserve spares, and two writers' ids never meet and only increase per writer."""
+    """Blocks of 3 ids: adds use up blocks, spares are reserved between commits as soon as
+    they are wanted, and two writers' ids never meet and only increase per writer."""
     from store import ids
 
     monkeypatch.setitem(ids.BLOCK_SIZES, "observations", 3)
@@ -243,6 +249,8 @@ def test_small_blocks_run_out_and_ids_stay_unique(tmp_path: Path, monkeypatch) -
             for i in range(40):
                 got_a.append(a.add(LogObs("node1", "a", BASE + i, "a", seq=i)))
                 got_b.append(b.add(LogObs("node1", "b", BASE + i, "b", seq=i)))
+                await _spares_reserved(a)
+                await _spares_reserved(b)
                 if i % 7 == 0:
                     await asyncio.sleep(0.01)
             return got_a, got_b
@@ -409,3 +417,48 @@ def test_a_link_goes_with_its_pruned_observation(tmp_path: Path) -> None:
                                 "ON o.id = l.observation_id WHERE o.id IS NULL")[1]
         assert dangling == [(0,)]
         assert reader.query("SELECT count(*) FROM run_observations")[1] == [(2,)]
+
+
+def test_running_out_of_ids_with_the_own_transaction_open_never_stalls(tmp_path: Path, monkeypatch) -> None:
+    """The spare is reserved as soon as it is wanted, between commits: adds during this
+    writer's own open commit never wait for the file; a writer given more than its blocks
+    before the spare could be reserved gets a clear StoreError at once, not a busy-timeout stall."""
+    import time
+
+    from store import StoreError, ids
+
+    monkeypatch.setitem(ids.BLOCK_SIZES, "observations", 4)
+    db = tmp_path / "spare.db"
+
+    async def write() -> tuple[float, float, str]:
+        async with StoreWriter.open(db, [], batch_size=10_000, flush_interval=60) as writer:
+            seq = 0
+            for _ in range(7):  # the first block, and most of the spare
+                writer.add(LogObs("node1", "c", BASE + seq, "x", seq=seq))
+                seq += 1
+            await _spares_reserved(writer)
+            flushing = asyncio.ensure_future(writer.flush())
+            while not writer._conn_lock.locked():
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the commit's BEGIN IMMEDIATE is on its way
+            started = time.monotonic()
+            for _ in range(3):  # past the spare: a block reserved before the commit
+                writer.add(LogObs("node1", "c", BASE + seq, "x", seq=seq))
+                seq += 1
+            during = time.monotonic() - started
+            await flushing
+            started = time.monotonic()
+            message = ""
+            try:
+                for _ in range(20):  # more than a block and its spare, without a yield
+                    writer.add(LogObs("node1", "c", BASE + seq, "x", seq=seq))
+                    seq += 1
+            except StoreError as exc:
+                message = str(exc)
+            burst = time.monotonic() - started
+            await writer.flush()
+            return during, burst, message
+
+    during, burst, message = asyncio.run(write())
+    assert during < 0.5
+    assert burst < 0.5 and "ran out of observations ids" in message
