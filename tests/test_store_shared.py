@@ -230,7 +230,7 @@ def test_a_commit_refused_past_the_busy_timeout_is_retried(tmp_path: Path) -> No
 
 
 async def _spares_reserved(writer: StoreWriter) -> None:
-    pending = [task for task in writer._reserving.values() if not task.done()]
+    pending = [task for task in getattr(writer, "_reserving", {}).values() if not task.done()]
     if pending:
         await asyncio.wait(pending)
 
