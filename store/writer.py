@@ -63,6 +63,7 @@ from store.errors import (
     NotAStore,
     StoreClosed,
     StoreError,
+    StoreLocked,
     StoreVersionError,
     StoreWriteFailed,
 )
@@ -77,6 +78,8 @@ _PRAGMAS = (
 )
 _BUSY_TIMEOUT_MS = 5000
 _CHECKPOINT_BUSY_MS = 100  # a TRUNCATE checkpoint gives up quickly rather than stall writes
+_SHARED_VERSION = 4  # schema migration 4: several writers may share the file
+_MIGRATION_WAIT = 2.0  # seconds a writer waits for the flock to migrate a file below schema 4
 _BUSY_RETRIES = 5  # a commit still refused after the busy timeout is retried this often
 
 _INSERT_RUN = ("INSERT INTO runs (id, command, targets, started_ns, ended_ns, verdict, config, pid) "
@@ -307,15 +310,32 @@ def _connect_sync(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _prepare(path: Path, token: int) -> dict[str, list[tuple[int, int]]]:
+def _prepare(path: Path, token: int, lock_fd: int) -> dict[str, list[tuple[int, int]]]:
     """Create and migrate the file, register writer `token` and reserve its first block of
-    ids per table and its spare: {table: [(first, end), (first, end)]}. Runs in a thread."""
+    ids per table and its spare: {table: [(first, end), (first, end)]}. Runs in a thread.
+
+    Below schema 4 the file may be written by an older podwarden, which gives out ids from
+    max(id) + 1 in memory and holds the flock on `<db>-writer.lock` (`lock_fd`) for its
+    life: the migration runs only while holding that flock. Should it stay taken for
+    `_MIGRATION_WAIT` seconds, the version is read again: 4 (a newer writer held it while
+    migrating, or as the upkeep holder) goes on; below 4 raises StoreLocked."""
     conn = _connect_sync(path)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         version = schema.schema_version(conn)
         if version > schema.LATEST_VERSION:
             raise StoreVersionError(str(path), version, schema.LATEST_VERSION)
+        if version < _SHARED_VERSION:
+            deadline = time.monotonic() + _MIGRATION_WAIT
+            while not _try_flock(lock_fd):
+                if time.monotonic() >= deadline:
+                    if schema.schema_version(conn) >= _SHARED_VERSION:
+                        break
+                    holder = _lock_holder(lock_fd)
+                    raise StoreLocked(str(path), holder, (
+                        f"an older podwarden writes this file (process {holder or 'unknown'}, "
+                        f"schema {version}): stop it, or use another --db, before this version writes it"))
+                time.sleep(0.05)
         schema.migrate(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -334,6 +354,14 @@ def _prepare(path: Path, token: int) -> dict[str, list[tuple[int, int]]]:
         raise StoreError(str(path), f"cannot prepare: {exc}") from None
     finally:
         conn.close()
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid the flock's holder wrote into the lock file ('' when unreadable)."""
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
 
 
 def _unregister(path: Path, token: int) -> None:
@@ -425,7 +453,8 @@ class StoreWriter:
         """Open (creating 0600 and migrating) the store at `path` for writing.
 
         Await it, or use it as `async with`. Other writers may have the file open: they
-        share it. Raises StoreVersionError for a newer schema, NotAStore, StoreError.
+        share it. Raises StoreVersionError for a newer schema, StoreLocked when an older
+        podwarden (schema below 4) writes the file, NotAStore, StoreError.
         """
         return _Opening(Path(path), tuple(redact_patterns), dict(
             batch_size=batch_size, flush_interval=flush_interval, max_pending=max_pending,
@@ -442,7 +471,7 @@ class StoreWriter:
         blocks = None
         try:
             _create_private(path)
-            preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path, token))
+            preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path, token, lock_fd))
             try:
                 blocks = await asyncio.shield(preparing)
             except asyncio.CancelledError:

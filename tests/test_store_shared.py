@@ -462,3 +462,91 @@ def test_running_out_of_ids_with_the_own_transaction_open_never_stalls(tmp_path:
     during, burst, message = asyncio.run(write())
     assert during < 0.5
     assert burst < 0.5 and "ran out of observations ids" in message
+
+
+def _schema_3_file(db: Path, monkeypatch) -> None:
+    from store import schema
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "LATEST_VERSION", 3)
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        schema.migrate(conn)
+        conn.close()
+
+
+def _hold_writer_lock(db: Path) -> int:
+    import fcntl
+    import os
+
+    fd = os.open(f"{db}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(fd, b"4242", 0)
+    return fd
+
+
+def test_a_file_below_schema_4_held_by_an_older_writer_is_not_migrated(tmp_path: Path, monkeypatch) -> None:
+    """An older podwarden (schema 3) holds `<db>-writer.lock` for its life and gives out ids
+    from max(id) + 1: a newer writer neither migrates nor writes the file, it says why."""
+    import os
+
+    from store import StoreLocked, schema
+    from store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_MIGRATION_WAIT", 0.2)
+    db = tmp_path / "old.db"
+    _schema_3_file(db, monkeypatch)
+    fd = _hold_writer_lock(db)
+    try:
+        async def open_it() -> None:
+            async with StoreWriter.open(db, []):
+                pass
+
+        try:
+            asyncio.run(open_it())
+        except StoreLocked as exc:
+            assert "an older podwarden writes this file" in str(exc) and "4242" in str(exc)
+        else:
+            raise AssertionError("opened a file an older writer holds")
+        conn = sqlite3.connect(db)
+        assert schema.schema_version(conn) == 3
+        conn.close()
+    finally:
+        os.close(fd)
+
+
+def test_a_file_migrated_to_4_while_waiting_for_the_lock_opens(tmp_path: Path, monkeypatch) -> None:
+    """A newer writer holds the lock while it migrates (and keeps it as the upkeep holder):
+    after the brief wait the file reads schema 4, and the writer goes on sharing it."""
+    import os
+    import threading
+
+    from store import schema
+    from store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_MIGRATION_WAIT", 0.3)
+    db = tmp_path / "migrating.db"
+    _schema_3_file(db, monkeypatch)
+    fd = _hold_writer_lock(db)
+
+    def migrate() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        schema.migrate(conn)
+        conn.close()
+
+    try:
+        timer = threading.Timer(0.1, migrate)
+        timer.start()
+
+        async def write() -> int:
+            async with StoreWriter.open(db, []) as writer:
+                obs_id = writer.add(LogObs("node1", "c", BASE, "line", seq=0))
+                await writer.flush()
+                return obs_id
+
+        obs_id = asyncio.run(write())
+        timer.join()
+    finally:
+        os.close(fd)
+    with StoreReader(db) as reader:
+        assert reader.query("SELECT id FROM observations")[1] == [(obs_id,)]
