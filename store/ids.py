@@ -17,10 +17,9 @@ time order comes from `at_ns`, id order is only the arrival order of one writer'
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 # Block sizes per table: half a block outlasts many commits (a writer's queue is bounded by
 # its max_pending, 50,000 rows), so the spare is always reserved before it is needed.
@@ -88,23 +87,14 @@ def reserve(conn: sqlite3.Connection, table: str, size: int) -> tuple[int, int]:
     return end - size, end
 
 
-def alive(pid: int) -> bool:
-    """Whether process `pid` exists (on this host: a store file is local)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lowest_live_frontier(rows: Iterable[tuple[int, int, int]]) -> tuple[int | None, list[int]]:
-    """From `writers` rows (token, pid, frontier): the lowest frontier of a live writer
-    (None without any) and the tokens of dead ones (a writer that crashed)."""
+def lowest_live_frontier(rows: Iterable[tuple[int, int]], gone: Callable[[int], bool]
+                         ) -> tuple[int | None, list[int]]:
+    """From `writers` rows (token, frontier): the lowest frontier of a live writer (None
+    without any) and the tokens of the writers that are gone (`gone(token)`: a writer that
+    crashed; decided by a kernel lock each writer holds for its life, never by pid)."""
     lowest, dead = None, []
-    for token, pid, frontier in rows:
-        if not alive(pid):
+    for token, frontier in rows:
+        if gone(token):
             dead.append(token)
         elif lowest is None or frontier < lowest:
             lowest = frontier

@@ -173,7 +173,8 @@ MIGRATIONS: tuple[str, ...] = (
 
     CREATE TABLE writers (
         token     INTEGER PRIMARY KEY,           -- random, one per open StoreWriter
-        pid       INTEGER NOT NULL,
+        pid       INTEGER NOT NULL,              -- for people: liveness is the flock on
+                                                 -- <db>-writer.<token>.lock (StoreWriter)
         frontier  INTEGER NOT NULL               -- lowest observation id it may still commit
     );
 

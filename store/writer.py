@@ -356,6 +356,58 @@ def _prepare(path: Path, token: int, lock_fd: int) -> dict[str, list[tuple[int, 
         conn.close()
 
 
+def _liveness_path(path: Path, token: int) -> Path:
+    return Path(f"{path}-writer.{token:016x}.lock")
+
+
+def _hold_liveness(path: Path, token: int) -> int:
+    """Create `<db>-writer.<token>.lock` (0600) and take its flock for this writer's life:
+    the indexer decides a writer is gone by taking it (store/ids.py, lowest_live_frontier).
+    A kernel lock, not a pid: it holds across pid namespaces and never outlives its holder."""
+    fd = os.open(_liveness_path(path, token), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release_liveness(path: Path, token: int, fd: int) -> None:
+    """Drop this writer's liveness lock file (its writers row is gone first)."""
+    try:
+        os.unlink(_liveness_path(path, token))
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _writer_gone(path: Path, token: int) -> bool:
+    """Whether writer `token` has ended: its liveness lock file is missing, or its flock can
+    be taken (then the file is removed; the caller deletes the writers row)."""
+    lock_path = _liveness_path(path, token)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # unreadable here: never take a live writer for a dead one
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        try:
+            os.unlink(lock_path)
+        except FileNotFoundError:
+            pass
+        return True
+    finally:
+        os.close(fd)
+
+
 def _lock_holder(fd: int) -> str:
     """The pid the flock's holder wrote into the lock file ('' when unreadable)."""
     try:
@@ -410,13 +462,14 @@ class StoreWriter:
     writer`) and always close it."""
 
     def __init__(self, path: Path, conn: aiosqlite.Connection, lock_fd: int, redactor: Redactor,
-                 token: int, blocks: Mapping[str, list[tuple[int, int]]], *, batch_size: int,
+                 token: int, blocks: Mapping[str, list[tuple[int, int]]], *, live_fd: int, batch_size: int,
                  flush_interval: float, max_pending: int, checkpoint_every: int) -> None:
         """Use `StoreWriter.open`."""
         self.path = path
         self.redactor = redactor
         self._conn = conn
         self._lock_fd = lock_fd
+        self._live_fd = live_fd  # the flock on `<db>-writer.<token>.lock`, held for life
         self._upkeep = _try_flock(lock_fd)
         self._token = token
         self._batch_size = batch_size
@@ -469,7 +522,9 @@ class StoreWriter:
         token = int.from_bytes(os.urandom(8), "big") >> 1
         conn: aiosqlite.Connection | None = None
         blocks = None
+        live_fd: int | None = None
         try:
+            live_fd = _hold_liveness(path, token)  # before its writers row exists
             _create_private(path)
             preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path, token, lock_fd))
             try:
@@ -483,13 +538,15 @@ class StoreWriter:
             for pragma in _PRAGMAS:
                 await conn.execute(pragma)
             _match_mode(path)
-            return cls(path, conn, lock_fd, redactor, token, blocks, **options)
+            return cls(path, conn, lock_fd, redactor, token, blocks, live_fd=live_fd, **options)
         except BaseException:
             if conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
             if blocks is not None:
                 _unregister(path, token)  # else its frontier holds the text index back
+            if live_fd is not None:
+                _release_liveness(path, token, live_fd)
             os.close(lock_fd)
             raise
 
@@ -544,6 +601,7 @@ class StoreWriter:
                 await self._conn.close()
             finally:
                 os.close(self._lock_fd)
+                _release_liveness(self.path, self._token, self._live_fd)
                 self._fail(self._failure or StoreClosed(str(self.path)))
         if self._failure is not None:
             raise StoreWriteFailed(str(self.path), self._failure)
@@ -962,11 +1020,12 @@ class StoreWriter:
 
         return await self._transaction(statements)
 
-    @staticmethod
-    async def _lowest_frontier(conn: aiosqlite.Connection) -> int | None:
-        """The lowest observation id a live writer may still commit (dead writers' rows go)."""
+    async def _lowest_frontier(self, conn: aiosqlite.Connection) -> int | None:
+        """The lowest observation id a live writer may still commit (dead writers' rows go:
+        a writer is gone when its liveness flock can be taken, see `_writer_gone`)."""
+        rows = await conn.execute_fetchall("SELECT token, frontier FROM writers")
         lowest, dead = ids.lowest_live_frontier(
-            await conn.execute_fetchall("SELECT token, pid, frontier FROM writers"))
+            rows, lambda token: token != self._token and _writer_gone(self.path, token))
         if dead:
             await conn.executemany("DELETE FROM writers WHERE token = ?", [(token,) for token in dead])
         return lowest
@@ -1038,8 +1097,13 @@ class StoreWriter:
                     await conn.executemany(_INSERT_OBS, batch.observations)
                     if conn.total_changes - before < len(batch.observations):
                         redirects = await self._redirect_duplicates(batch.observations)
-                    await conn.execute("UPDATE writers SET frontier = ? WHERE token = ?",
-                                       (self._frontier(), self._token))
+                    cursor = await conn.execute("UPDATE writers SET frontier = ? WHERE token = ?",
+                                                (self._frontier(), self._token))
+                    if cursor.rowcount != 1:
+                        # another process took this writer for gone: the text index may have
+                        # passed its frontier, so its rows would stay unindexed. Fail loudly.
+                        raise StoreError(str(self.path), "this writer's row in `writers` is gone "
+                                         "(another process took it for ended): not committing")
                 if batch.changes:
                     changes = batch.changes
                     if self._redirects or redirects:

@@ -550,3 +550,73 @@ def test_a_file_migrated_to_4_while_waiting_for_the_lock_opens(tmp_path: Path, m
         os.close(fd)
     with StoreReader(db) as reader:
         assert reader.query("SELECT id FROM observations")[1] == [(obs_id,)]
+
+
+def test_writer_liveness_is_its_lock_not_its_pid(tmp_path: Path) -> None:
+    """A live writer whose pid means nothing here (another pid namespace) keeps the text
+    index below its frontier; a crashed writer whose pid now names a live process (pid 1 of
+    a container, a reused pid) is dropped and the index goes past it."""
+    import os
+
+    from store import writer as writer_module
+
+    db = tmp_path / "live.db"
+
+    def upto() -> int:
+        with StoreReader(db) as reader:
+            return reader.query("SELECT value FROM store_state WHERE key = 'fts_indexed_upto'")[1][0][0]
+
+    async def write() -> None:
+        async with StoreWriter.open(db, []) as low:
+            low.add(LogObs("node1", "low", BASE, "low 0", seq=0))
+            await low.flush()
+            await low._conn.execute("UPDATE writers SET pid = 2147483646 WHERE token = ?", (low._token,))
+            async with StoreWriter.open(db, []) as high:
+                high_id = high.add(LogObs("node1", "high", BASE, "high 0", seq=0))
+                await high.flush()
+                await high.index_logs()
+                assert upto() < high_id  # the low writer is alive, whatever its pid
+                with StoreReader(db) as reader:
+                    assert reader.query("SELECT count(*) FROM writers")[1] == [(2,)]
+                # a crashed writer: its row and its lock file stay, its flock is free, its pid lives
+                crashed = 12345
+                await high._conn.execute("INSERT INTO writers (token, pid, frontier) VALUES (?, ?, 1)",
+                                         (crashed, os.getpid()))
+                lock_path = writer_module._liveness_path(db, crashed)
+                os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600))
+            await low.index_logs()
+            assert not lock_path.exists()
+            with StoreReader(db) as reader:
+                assert reader.query("SELECT count(*) FROM writers")[1] == [(1,)]  # the low one
+        async with StoreWriter.open(db, []) as later:
+            await later.index_logs()
+            assert upto() == high_id  # nothing holds the index back any more
+
+    asyncio.run(write())
+    assert sorted(p.name for p in tmp_path.glob("live.db-writer.*.lock")) == []
+
+
+def test_a_writer_whose_row_is_gone_fails_loudly(tmp_path: Path) -> None:
+    """The frontier UPDATE of the writer's own row changing nothing (another process took it
+    for ended) is an error, never ignored: the text index may have passed its frontier."""
+    from store import StoreWriteFailed
+
+    db = tmp_path / "gone.db"
+
+    async def write() -> str:
+        writer = await StoreWriter.open(db, [])
+        try:
+            await writer._conn.execute("DELETE FROM writers WHERE token = ?", (writer._token,))
+            writer.add(LogObs("node1", "c", BASE, "line", seq=0))
+            try:
+                await writer.flush()
+            except StoreWriteFailed as exc:
+                return str(exc)
+            return ""
+        finally:
+            try:
+                await writer.close()
+            except StoreWriteFailed:
+                pass
+
+    assert "row in `writers` is gone" in asyncio.run(write())
