@@ -393,12 +393,8 @@ def _writer_gone(path: Path, token: int) -> bool:
     except OSError:
         return False  # unreadable here: never take a live writer for a dead one
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            raise
+        if not _flock_now(fd):
+            return False
         try:
             os.unlink(lock_path)
         except FileNotFoundError:
@@ -433,14 +429,22 @@ def _upkeep_lock(path: Path) -> int:
     return os.open(Path(f"{path}-writer.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-def _try_flock(fd: int) -> bool:
-    """Take the exclusive flock on `fd` without waiting; False when another writer holds it."""
+def _flock_now(fd: int) -> bool:
+    """Take the exclusive flock on `fd` without waiting; False when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
         raise
+    return True
+
+
+def _try_flock(fd: int) -> bool:
+    """Take the upkeep flock on `fd` without waiting (and write our pid into the file);
+    False when another writer holds it."""
+    if not _flock_now(fd):
+        return False
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return True
