@@ -148,7 +148,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 4: several writers per file (docs/architecture.md, "Several writers, one file").
     # - `id_blocks`: the next free id of each table; a writer reserves a block of ids from it
-    #   in a short BEGIN IMMEDIATE transaction (StoreWriter: 100,000 observation ids at a
+    #   in a short BEGIN IMMEDIATE transaction (StoreWriter: 1,000,000 observation ids at a
     #   time), so two writers never give out the same id. Ids increase within one writer;
     #   across writers only at_ns orders rows.
     # - `writers`: each open writer's lowest observation id it may still commit
