@@ -769,7 +769,7 @@ def report(opts: Options, run_id: int | None, fmt: str | None, output: str | Non
 @click.option("--status", "statuses", multiple=True, help="Subject's status: event status, new state, severity, verdict.")
 @click.option("--since", default=None, metavar="TIME", help="From this time: 2026-11-30T02:00:00Z, '2026-11-30 02:00' (UTC) or 2h (ago).")
 @click.option("--until", default=None, metavar="TIME", help="Before this time (same forms).")
-@click.option("--run", "run_ids", type=int, multiple=True, help="Only rows of this run (repeatable).")
+@click.option("--run", "run_ids", type=int, multiple=True, help="Only rows of this run, observations another run stored first that it saw too included (repeatable).")
 @click.option("--grep", default=None, metavar="REGEX", help="logs: lines this regular expression matches.")
 @click.option("--errors", is_flag=True, help="logs: only lines the container's error patterns matched.")
 @click.option("--limit", type=click.IntRange(min=0), default=None,

@@ -107,7 +107,8 @@ async def recording(config: Config, command: str, targets: list[str], db: str | 
                     *, flush_interval: float | None = None) -> AsyncIterator[Recording]:
     """Open the store (unless `db` is None), start a run, and always end and close it.
 
-    Raises the store's errors (StoreLocked, NotAStore, ...) before the run starts.
+    Raises the store's errors (NotAStore, StoreVersionError, ...) before the run starts; another
+    verb writing the same file is no error (the writers share it).
     """
     store = None
     if db is not None:

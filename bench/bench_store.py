@@ -7,20 +7,26 @@ the event index, the hop to aiosqlite's thread), the raw path gets the finished 
 
     .venv/bin/python bench/bench_store.py            # 100k observations, 5 rounds
     .venv/bin/python bench/bench_store.py --quick    # 20k, 3 rounds
+    .venv/bin/python bench/bench_store.py --shared   # + the writer while a check writes
 
 Prints the details, then ends with `store: obs_per_s=N ratio_vs_executemany=R ...` (medians).
+`--shared` also runs, in the same rounds, the writer while a second process writes
+check-sized batches into the same file (50 observations, flushed, every 50 ms): it prints
+the ingest ratio against the writer alone and the check's flush times.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -92,12 +98,57 @@ def raw_path(path: Path, rows: list[tuple]) -> float:
         conn.close()
 
 
+CHECK_BATCH, CHECK_PAUSE = 50, 0.05
+
+
+async def _check_like(path: Path, ready, stop) -> list[float]:
+    """A check's writes: CHECK_BATCH observations of another target, flushed, every CHECK_PAUSE s;
+    returns each flush's seconds."""
+    batch = synthetic(CHECK_BATCH)
+    flushes: list[float] = []
+    async with StoreWriter.open(path, PATTERNS, flush_interval=CHECK_PAUSE) as writer:
+        run_id = await writer.start_run("check", ["node2"], {})
+        step = 0
+        while not stop.is_set():
+            step += 1
+            for obs in batch:
+                writer.add(replace(obs, target="node2", at_ns=obs.at_ns + step * 10**12), run_id)
+            started = time.perf_counter()
+            await writer.flush()
+            flushes.append(time.perf_counter() - started)
+            ready.set()
+            await asyncio.sleep(CHECK_PAUSE)
+    return flushes
+
+
+def _check_process(path: str, ready, stop, out) -> None:
+    out.put(asyncio.run(_check_like(Path(path), ready, stop)))
+
+
+def shared_path(path: Path, observations: list) -> tuple[float, list[float]]:
+    """`writer_path` while another process writes check-like batches into the same file:
+    (the writer's seconds, the check's flush seconds)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    check = ctx.Process(target=_check_process, args=(str(path), ready, stop, out))
+    check.start()
+    try:
+        ready.wait(60)
+        seconds = asyncio.run(writer_path(path, observations, PATTERNS))
+    finally:
+        stop.set()
+    flushes = out.get(timeout=60)
+    check.join(60)
+    return seconds, flushes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20k observations, 3 rounds")
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--dir", default=None, help="where to put the files (e.g. /dev/shm)")
+    parser.add_argument("--shared", action="store_true", help="also the writer while a check writes")
     args = parser.parse_args()
     count = args.count or (20_000 if args.quick else 100_000)
     rounds = args.rounds or (3 if args.quick else 5)
@@ -106,12 +157,18 @@ def main() -> None:
     rows = [observation_row(obs, i + 1, None, redactor) for i, obs in enumerate(observations)]
 
     results: dict[str, list[float]] = {"raw": [], "writer": [], "writer_noredact": []}
+    if args.shared:
+        results["shared"] = []
+    flushes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.dir) as tmp:
         for n in range(rounds):
             for name in results:  # interleaved, so machine noise hits all paths alike
                 path = Path(tmp, f"{name}-{n}.db")
                 if name == "raw":
                     seconds = raw_path(path, rows)
+                elif name == "shared":
+                    seconds, taken = shared_path(path, observations)
+                    flushes += taken
                 else:
                     patterns = PATTERNS if name == "writer" else []
                     seconds = asyncio.run(writer_path(path, observations, patterns))
@@ -129,6 +186,15 @@ def main() -> None:
     print(f"  StoreWriter, {len(PATTERNS)} redaction patterns: {writer:.0f} obs/s "
           f"(runs: {', '.join(f'{v:.0f}' for v in results['writer'])})")
     print(f"  StoreWriter, no redaction: {plain:.0f} obs/s ratio={plain / raw:.2f}")
+    if args.shared:
+        shared = statistics.median(results["shared"])
+        ordered = sorted(flushes)
+        print(f"  StoreWriter while a check writes the same file: {shared:.0f} obs/s "
+              f"ratio_vs_alone={shared / writer:.3f} (runs: {', '.join(f'{v:.0f}' for v in results['shared'])})")
+        print(f"  the check's flushes meanwhile: n={len(ordered)} median={statistics.median(ordered) * 1e3:.1f} ms "
+              f"p95={ordered[int(len(ordered) * 0.95)] * 1e3:.1f} ms max={ordered[-1] * 1e3:.1f} ms")
+        print(f"shared: obs_per_s={shared:.0f} ratio_vs_alone={shared / writer:.3f} "
+              f"check_flush_median_ms={statistics.median(ordered) * 1e3:.1f}")
     print(f"store: obs_per_s={writer:.0f} ratio_vs_executemany={writer / raw:.2f} "
           f"executemany_rows_per_s={raw:.0f} noredact_ratio={plain / raw:.2f}")
 

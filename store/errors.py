@@ -51,11 +51,13 @@ class StoreVersionError(StoreError):
 
 
 class StoreLocked(StoreError):
-    """Another process is already writing this store (one writer per file)."""
+    """Another process writes this store and it cannot be shared: since schema migration 4
+    several writers share a file, but an older podwarden (schema below 4) writes alone, so a
+    newer writer neither migrates nor writes the file while one holds it."""
 
-    def __init__(self, path: str, holder: str) -> None:
+    def __init__(self, path: str, holder: str, reason: str | None = None) -> None:
         who = f"process {holder}" if holder else "another process"
-        super().__init__(path, f"already being written by {who}; stop it or use another --db")
+        super().__init__(path, reason or f"already being written by {who}; stop it or use another --db")
         self.holder = holder
 
 

@@ -244,10 +244,13 @@ def fts_phrase(literal: str | None) -> str | None:
 
 
 def _fts_state(conn: sqlite3.Connection) -> tuple[int, int]:
-    """(highest observation id the text index covers, highest observation id)."""
+    """(highest observation id the text index covers, how many stored ids are above it, counted
+    up to FTS_TAIL_LIMIT + 1). Counted, not max(id) - upto: several writers' id blocks
+    leave gaps (store/ids.py)."""
     ((upto,),) = conn.execute("SELECT value FROM store_state WHERE key = 'fts_indexed_upto'").fetchall()
-    ((last,),) = conn.execute("SELECT coalesce(max(id), 0) FROM observations").fetchall()
-    return upto, last
+    ((tail,),) = conn.execute("SELECT count(*) FROM (SELECT 1 FROM observations WHERE id > ? LIMIT ?)",
+                              (upto, FTS_TAIL_LIMIT + 1)).fetchall()
+    return upto, tail
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -355,6 +358,12 @@ def _filter_conditions(subject: Subject, filters: Filters,
             conditions.append(f"kind IN ({', '.join(repr(str(v)) for v in values)})")
             continue
         condition, args = _condition(expr, values)
+        if name == "run_id" and subject.table == "observations":
+            # a run's observations include those another run stored first (run_observations)
+            linked, _ = _condition("run_id", values)
+            condition = (f"({condition} OR id IN "
+                         f"(SELECT observation_id FROM run_observations WHERE {linked}))")
+            args = [*args, *args]
         conditions.append(condition)
         params.extend(args)
     return conditions, params
@@ -401,10 +410,18 @@ def _observation_plan(conn: sqlite3.Connection, subject: Subject, filters: Filte
         run_ids = _values(filters.run_id)
         if run_ids is not None:
             conditions, params = _filter_conditions(subject, filters, skip=("run_id",))
-            return [_Branch("observations INDEXED BY observations_run_at",
-                            (*base, "run_id = ?", *conditions, *extra), (run_id, *params, *extra_params),
-                            pages)
-                    for run_id in run_ids]
+            own = [_Branch("observations INDEXED BY observations_run_at",
+                           (*base, "run_id = ?", *conditions, *extra), (run_id, *params, *extra_params),
+                           pages)
+                   for run_id in run_ids]
+            # and those another run stored first, linked to one of them (once: none that
+            # one of them stored itself)
+            among, _ = _condition("run_id", run_ids)
+            linked = _Branch("observations",
+                             (f"id IN (SELECT observation_id FROM run_observations WHERE {among})",
+                              f"(run_id IS NULL OR NOT {among})", *base, *conditions, *extra),
+                             (*run_ids, *run_ids, *params, *extra_params), pages)
+            return [*own, linked]
         conditions, params = _filter_conditions(subject, filters, skip=())
         index = "observations_kind_at" if kind else "observations_at"
         return [_Branch(f"observations INDEXED BY {index}", (*base, *conditions, *extra),
@@ -414,8 +431,8 @@ def _observation_plan(conn: sqlite3.Connection, subject: Subject, filters: Filte
         return branches()
     grep_conditions, grep_params, phrase = grep
     if phrase is not None:
-        upto, last = _fts_state(conn)
-        if last - upto <= FTS_TAIL_LIMIT:
+        upto, tail = _fts_state(conn)
+        if tail <= FTS_TAIL_LIMIT:
             ((found,),) = conn.execute(
                 "SELECT count(*) FROM log_fts WHERE log_fts MATCH ? AND rowid <= ?", (phrase, upto)).fetchall()
             if found <= FTS_CANDIDATE_LIMIT:

@@ -16,6 +16,7 @@ most of it the JSON; replay can leave out the text of log lines that are no erro
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import sqlite3
 from pathlib import Path
@@ -269,23 +270,56 @@ class StoreReader:
         """Stored observations in id order, the order they arrived in (what live fed the
         machines), keyset-paged by id; `until_ns` is exclusive.
 
+        With `run_id`, the run's shared observations (events and log lines another run
+        stored first, `run_observations`) come in at the place the run saw them. Ids
+        follow arrival within one writer only: without `run_id`, the rows of writers that
+        wrote the window at the same time come block by block.
+
         `lean_logs`: a log line that is no error comes without its text (`line` and
         `stream` ""): the machines only read the text of error lines, and the JSON is most
         of a row's cost. Rows stored after the first page is read are not included.
         Raises StoreError.
         """
+        columns = _LEAN_COLUMNS if lean_logs else _OBS_COLUMNS
+        own = self._own_arrivals(columns, run_id, since_ns, until_ns, target)
+        if run_id is None:
+            yield from self._decoded(own)
+            return
+        linked = self._linked_arrivals(columns, run_id, since_ns, until_ns, target)
+        merged = heapq.merge(((row[0], row) for row in own), linked, key=lambda pair: pair[0])
+        yield from self._decoded(row for _, row in merged)
+
+    def _linked_arrivals(self, columns: str, run_id: int, since_ns: int | None, until_ns: int | None,
+                         target: str | None) -> Iterator[tuple[int, tuple]]:
+        """(position, row) of a run's shared observations, by position, keyset-paged."""
+        clauses, params = self._window(since_ns, until_ns, target=target)
+        # the window's columns (at_ns, target) are the observation's: run_observations has none
+        sql = (f"SELECT position, {columns} FROM (SELECT l.position AS position, o.* "
+               "FROM run_observations l JOIN observations o ON o.id = l.observation_id "
+               f"WHERE {' AND '.join(['l.run_id = ?', 'l.position > ?', *clauses])}) "
+               "ORDER BY position LIMIT ?")
+        after = -1 << 63
+        while True:
+            rows = self._fetch(sql, (run_id, after, *params, self.page_size))
+            for position, *row in rows:
+                yield position, tuple(row)
+            if len(rows) < self.page_size:
+                return
+            after = rows[-1][0]
+
+    def _own_arrivals(self, columns: str, run_id: int | None, since_ns: int | None,
+                      until_ns: int | None, target: str | None) -> Iterator[tuple]:
         clauses, params = self._window(since_ns, until_ns, run_id=run_id, target=target)
         low, high = self._id_bounds(run_id, since_ns, until_ns)
         if low is None:
             return
-        columns = _LEAN_COLUMNS if lean_logs else _OBS_COLUMNS
         # NOT INDEXED: walk the id range (ids follow time closely); another index plus a
         # sort would read the whole range for every page
         sql = (f"SELECT {columns} FROM observations NOT INDEXED WHERE id >= ? AND id <= ? "
                f"{''.join(' AND ' + c for c in clauses)} ORDER BY id LIMIT ?")
         while True:
             rows = self._fetch(sql, (low, high, *params, self.page_size))
-            yield from self._decoded(iter(rows))
+            yield from rows
             if len(rows) < self.page_size:
                 return
             low = rows[-1][0] + 1

@@ -112,8 +112,8 @@ MIGRATIONS: tuple[str, ...] = (
     # - Log text gets a contentless FTS5 index (words of letters; ~33 bytes per observation,
     #   +10%), filled in the writer's idle time (`StoreWriter.index_logs`, ~3 us a line), not
     #   by a trigger (in every commit of the writer it took raw inserts from ~100k to ~40k
-    #   rows/s). `store_state.fts_indexed_upto` is the highest observation id it covers (ids
-    #   are committed in order: one writer per file); readers scan the ids above it. A
+    #   rows/s). `store_state.fts_indexed_upto` is the highest observation id it covers (every
+    #   stored id at or below it is indexed: see migration 4); readers scan the ids above it. A
     #   deleted log row leaves the index through the trigger (contentless: the text must be
     #   given again).
     """
@@ -144,6 +144,54 @@ MIGRATIONS: tuple[str, ...] = (
     BEGIN
         INSERT INTO log_fts (log_fts, rowid, line)
             VALUES ('delete', old.id, json_extract(old.data, '$.line'));
+    END;
+    """,
+    # 4: several writers per file (docs/architecture.md, "Several writers, one file").
+    # - `id_blocks`: the next free id of each table; a writer reserves a block of ids from it
+    #   in a short BEGIN IMMEDIATE transaction (StoreWriter: 1,000,000 observation ids at a
+    #   time), so two writers never give out the same id. Ids increase within one writer;
+    #   across writers only at_ns orders rows.
+    # - `writers`: each open writer's lowest observation id it may still commit
+    #   (`frontier`, updated in every commit): the text indexer never passes the lowest
+    #   frontier of a live writer, so `fts_indexed_upto` still means "every stored id at or
+    #   below it is indexed".
+    # - `run_observations`: an event or log line another run stored first, seen by this
+    #   run too; `position` is the id this run's writer gave it, so the run's own rows and
+    #   these merge into the order the run saw them (replay). A link is deleted with its
+    #   run (retention: runs that ended) and with its observation (`observations_unlink`).
+    """
+    CREATE TABLE id_blocks (
+        tbl      TEXT PRIMARY KEY,
+        next_id  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO id_blocks (tbl, next_id)
+        SELECT 'runs', coalesce(max(id), 0) + 1 FROM runs
+        UNION ALL SELECT 'observations', coalesce(max(id), 0) + 1 FROM observations
+        UNION ALL SELECT 'changes', coalesce(max(id), 0) + 1 FROM changes
+        UNION ALL SELECT 'findings', coalesce(max(id), 0) + 1 FROM findings
+        UNION ALL SELECT 'experiments', coalesce(max(id), 0) + 1 FROM experiments;
+
+    CREATE TABLE writers (
+        token     INTEGER PRIMARY KEY,           -- random, one per open StoreWriter
+        pid       INTEGER NOT NULL,              -- for people: liveness is the flock on
+                                                 -- <db>-writer.<token>.lock (StoreWriter)
+        frontier  INTEGER NOT NULL               -- lowest observation id it may still commit
+    );
+
+    CREATE TABLE run_observations (
+        run_id          INTEGER NOT NULL REFERENCES runs (id),
+        observation_id  INTEGER NOT NULL REFERENCES observations (id),
+        position        INTEGER NOT NULL,        -- the id this run's writer gave it
+        PRIMARY KEY (run_id, observation_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_observations_position ON run_observations (run_id, position);
+    -- a link goes with its observation (retention), not only with its run: one index seek
+    -- per deleted event or log line, so a prune step stays bounded by its rows
+    CREATE INDEX run_observations_observation ON run_observations (observation_id);
+    CREATE TRIGGER observations_unlink AFTER DELETE ON observations
+        WHEN old.kind IN ('event', 'log')
+    BEGIN
+        DELETE FROM run_observations WHERE observation_id = old.id;
     END;
     """,
 )

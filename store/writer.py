@@ -1,11 +1,20 @@
-"""The store's single writer: one task owns the write connection and commits in batches.
+"""A store writer: one task owns the write connection and commits in batches.
 
 Callers queue rows without blocking (`add`, `add_change`, ...) and get the row's id at
-once: the writer assigns ids itself, from max(id) + 1 at open, so it must be the only
-writer of its file (an exclusive lock on `<db>-writer.lock` makes sure of that).
+once: the writer gives out ids from blocks it reserves in the file (store/ids.py), so
+several writers (processes, e.g. `check` while `watch` records) share one file. SQLite
+lets one transaction at a time write (BEGIN IMMEDIATE waits up to the busy timeout,
+then the commit is retried a few times before the writer fails). One writer at a time
+does the upkeep (`maintain`, periodic checkpoints): the one holding the non-blocking
+flock on `<db>-writer.lock`.
 The writer task commits what is queued when `batch_size` rows are waiting, every
 `flush_interval` seconds, on `flush()` and on `close()`, with one `executemany` per
 table in one transaction.
+
+Shared observations: an event or log line another run stored first (its unique key
+refuses this run's row) is linked to this run in `run_observations` in the same
+transaction, at the position this run's id for it held, so the run's observation stream
+(`StoreReader.arrival_records(run_id=...)`, replay) still holds everything it saw.
 
 Cancellation: each transaction runs in its own task that the writer only awaits through
 `asyncio.shield`, because a cancelled aiosqlite `executemany` still inserts its rows into
@@ -24,6 +33,8 @@ lines for text search (`log_fts`, schema migration 3) and, given a retention, de
 is older; each step is one short transaction on this connection between two commits
 (`index_logs`, `prune`). Deleted pages are reused by later inserts: the file stops growing
 at about `keep`'s worth of observations (no VACUUM: it would hold the write lock for minutes).
+Of several writers of one file, only the holder of the upkeep lock does this; the text
+index stops below the lowest id a live writer may still commit (`writers.frontier`).
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ import aiosqlite
 import anyio
 
 from machines.observations import COLUMN_FIELDS, OMITTED_WHEN_NONE, Observation
-from store import schema
+from store import ids, schema
 from store.errors import (
     NotAStore,
     StoreClosed,
@@ -67,7 +78,10 @@ _PRAGMAS = (
     "PRAGMA busy_timeout = 5000",
 )
 _BUSY_TIMEOUT_MS = 5000
-_CHECKPOINT_BUSY_MS = 100  # a periodic checkpoint gives up quickly rather than stall writes
+_CHECKPOINT_BUSY_MS = 100  # a TRUNCATE checkpoint gives up quickly rather than stall writes
+_SHARED_VERSION = 4  # schema migration 4: several writers may share the file
+_MIGRATION_WAIT = 2.0  # seconds a writer waits for the flock to migrate a file below schema 4
+_BUSY_RETRIES = 5  # a commit still refused after the busy timeout is retried this often
 
 _INSERT_RUN = ("INSERT INTO runs (id, command, targets, started_ns, ended_ns, verdict, config, pid) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -86,7 +100,14 @@ _INSERT_FINDING = ("INSERT INTO findings (id, run_id, target, container, rule, s
 _INSERT_EXPERIMENT = ("INSERT INTO experiments (id, run_id, kind, subject, started_ns, ended_ns, "
                       "verdict, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 # Row positions in an observation row (see observation_row).
-_ID, _TARGET, _CONTAINER_ID, _AT_NS, _KIND, _STATUS = 0, 2, 4, 5, 6, 7
+_ID, _RUN_ID, _TARGET, _CONTAINER, _CONTAINER_ID, _AT_NS, _KIND, _STATUS, _SEQ = 0, 1, 2, 3, 4, 5, 6, 7, 8
+# The row a refused event or log line met: (id, run_id), by its unique key.
+_STORED_EVENT = ("SELECT id, run_id FROM observations WHERE kind = 'event' AND target = ? "
+                 "AND container_id = ? AND status = ? AND at_ns = ?")
+_STORED_LOG = ("SELECT id, run_id FROM observations WHERE kind = 'log' AND target = ? "
+               "AND container = ? AND at_ns = ? AND seq = ?")
+_INSERT_LINK = ("INSERT INTO run_observations (run_id, observation_id, position) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING")
 
 # Idle-time maintenance (see `maintain`): rows per step, adapted to the step's time.
 _INDEX_CHUNK = 20_000  # observation ids per text-index step (5M: ~370k ids/s in maintain's steps)
@@ -101,6 +122,7 @@ _PRUNE_STATEMENTS = (
     "DELETE FROM findings WHERE id IN (SELECT id FROM findings INDEXED BY findings_at "
     "WHERE at_ns < ? ORDER BY at_ns LIMIT ?)",
     # a run or experiment that has not ended (still going, or cut short) is kept
+    "DELETE FROM run_observations WHERE run_id IN (SELECT id FROM runs WHERE ended_ns < ? LIMIT ?)",
     "DELETE FROM experiments WHERE id IN (SELECT id FROM experiments WHERE ended_ns < ? LIMIT ?)",
     "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ended_ns < ? LIMIT ?)",
 )
@@ -117,6 +139,8 @@ _REDIRECT_SIZE = 10_000  # ids redirected at commit, kept for the changes that p
 def _intern(text: Any) -> Any:
     """One shared copy of a str that many keys repeat (a container id, a status)."""
     return sys.intern(text) if type(text) is str else text
+
+
 _I64 = 2**63
 
 _encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), sort_keys=True,
@@ -289,21 +313,53 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-def _prepare(path: Path) -> dict[str, int]:
-    """Create and migrate the file; return each table's highest id. Runs in a thread."""
+def _connect_sync(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise NotAStore(str(path), f"cannot open: {exc}") from None
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _prepare(path: Path, token: int, lock_fd: int) -> dict[str, list[tuple[int, int]]]:
+    """Create and migrate the file, register writer `token` and reserve its first block of
+    ids per table and its spare: {table: [(first, end), (first, end)]}. Runs in a thread.
+
+    Below schema 4 the file may be written by an older podwarden, which gives out ids from
+    max(id) + 1 in memory and holds the flock on `<db>-writer.lock` (`lock_fd`) for its
+    life: the migration runs only while holding that flock. Should it stay taken for
+    `_MIGRATION_WAIT` seconds, the version is read again: 4 (a newer writer held it while
+    migrating, or as the upkeep holder) goes on; below 4 raises StoreLocked."""
+    conn = _connect_sync(path)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         version = schema.schema_version(conn)
         if version > schema.LATEST_VERSION:
             raise StoreVersionError(str(path), version, schema.LATEST_VERSION)
+        if version < _SHARED_VERSION:
+            deadline = time.monotonic() + _MIGRATION_WAIT
+            while not _try_flock(lock_fd):
+                if time.monotonic() >= deadline:
+                    if schema.schema_version(conn) >= _SHARED_VERSION:
+                        break
+                    holder = _lock_holder(lock_fd)
+                    raise StoreLocked(str(path), holder, (
+                        f"an older podwarden writes this file (process {holder or 'unknown'}, "
+                        f"schema {version}): stop it, or use another --db, before this version writes it"))
+                time.sleep(0.05)
         schema.migrate(conn)
-        return {table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
-                for table in ("runs", "observations", "changes", "findings", "experiments")}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            blocks = {table: [ids.reserve(conn, table, size), ids.reserve(conn, table, size)]
+                      for table, size in ids.BLOCK_SIZES.items()}
+            conn.execute("INSERT INTO writers (token, pid, frontier) VALUES (?, ?, ?)",
+                         (token, os.getpid(), blocks["observations"][0][0]))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return blocks
     except sqlite3.DatabaseError as exc:
         if "not a database" in str(exc):
             raise NotAStore(str(path), "not an SQLite file: check --db") from None
@@ -312,44 +368,134 @@ def _prepare(path: Path) -> dict[str, int]:
         conn.close()
 
 
-def _lock(path: Path) -> int:
-    """Take the one-writer-per-file lock; raises StoreLocked naming the holder's pid."""
-    lock_path = Path(f"{path}-writer.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _liveness_path(path: Path, token: int) -> Path:
+    return Path(f"{path}-writer.{token:016x}.lock")
+
+
+def _hold_liveness(path: Path, token: int) -> int:
+    """Create `<db>-writer.<token>.lock` (0600) and take its flock for this writer's life:
+    the indexer decides a writer is gone by taking it (store/ids.py, lowest_live_frontier).
+    A kernel lock, not a pid: it holds across pid namespaces and never outlives its holder."""
+    fd = os.open(_liveness_path(path, token), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except BaseException:
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreLocked(str(path), holder) from None
-        raise StoreError(str(path), f"cannot lock {lock_path}: {exc}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+        raise
     return fd
 
 
+def _release_liveness(path: Path, token: int, fd: int) -> None:
+    """Drop this writer's liveness lock file (its writers row is gone first)."""
+    try:
+        os.unlink(_liveness_path(path, token))
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _writer_gone(path: Path, token: int) -> bool:
+    """Whether writer `token` has ended: its liveness lock file is missing, or its flock can
+    be taken (then the file is removed; the caller deletes the writers row)."""
+    lock_path = _liveness_path(path, token)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # unreadable here: never take a live writer for a dead one
+    try:
+        if not _flock_now(fd):
+            return False
+        try:
+            os.unlink(lock_path)
+        except FileNotFoundError:
+            pass
+        return True
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid the flock's holder wrote into the lock file ('' when unreadable)."""
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _unregister(path: Path, token: int) -> None:
+    """Drop writer `token`'s row (a writer whose open failed half way); best effort."""
+    try:
+        conn = _connect_sync(path)
+        try:
+            conn.execute("DELETE FROM writers WHERE token = ?", (token,))
+        finally:
+            conn.close()
+    except (sqlite3.Error, StoreError):
+        pass
+
+
+def _upkeep_lock(path: Path) -> int:
+    """Open `<db>-writer.lock` (0600): whoever holds its flock does the store's upkeep."""
+    return os.open(Path(f"{path}-writer.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _flock_now(fd: int) -> bool:
+    """Take the exclusive flock on `fd` without waiting; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _try_flock(fd: int) -> bool:
+    """Take the upkeep flock on `fd` without waiting (and write our pid into the file);
+    False when another writer holds it."""
+    if not _flock_now(fd):
+        return False
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return True
+
+
+class _Busy(StoreError):
+    """Another writer held the file past the busy timeout (maintenance skips its step)."""
+
+
+def _busy(exc: BaseException) -> bool:
+    """An SQLITE_BUSY (or LOCKED) error: another connection held the file past the timeout."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class StoreWriter:
-    """The one writer of a store file. Open with `await StoreWriter.open(path, patterns)`
-    (or `async with StoreWriter.open(...) as writer`) and always close it."""
+    """A writer of a store file (others may write it at the same time). Open with
+    `await StoreWriter.open(path, patterns)` (or `async with StoreWriter.open(...) as
+    writer`) and always close it."""
 
     def __init__(self, path: Path, conn: aiosqlite.Connection, lock_fd: int, redactor: Redactor,
-                 max_ids: Mapping[str, int], *, batch_size: int, flush_interval: float,
-                 max_pending: int, checkpoint_every: int) -> None:
+                 token: int, blocks: Mapping[str, list[tuple[int, int]]], *, live_fd: int, batch_size: int,
+                 flush_interval: float, max_pending: int, checkpoint_every: int) -> None:
         """Use `StoreWriter.open`."""
         self.path = path
         self.redactor = redactor
         self._conn = conn
         self._lock_fd = lock_fd
+        self._live_fd = live_fd  # the flock on `<db>-writer.<token>.lock`, held for life
+        self._upkeep = _try_flock(lock_fd)
+        self._token = token
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._checkpoint_every = checkpoint_every
-        self._next_run_id = max_ids["runs"] + 1
-        self._next_obs_id = max_ids["observations"] + 1
-        self._next_change_id = max_ids["changes"] + 1
-        self._next_finding_id = max_ids["findings"] + 1
-        self._next_experiment_id = max_ids["experiments"] + 1
+        self._ids = {table: ids.IdBlock(table, size) for table, size in ids.BLOCK_SIZES.items()}
+        for table, reserved in blocks.items():
+            for first, end in reserved:
+                self._ids[table].add_block(first, end)
         self._queue = _Batch()
         self._pending = 0
         self._queued_seq = 0
@@ -359,6 +505,7 @@ class StoreWriter:
         self._conn_lock = asyncio.Lock()
         self._event_ids: dict[tuple, int] = {}
         self._redirects: dict[int, int] = {}
+        self._reserving: dict[str, asyncio.Future[None]] = {}
         self._failure: BaseException | None = None
         self._stopping = False
         self._commits = 0
@@ -374,8 +521,9 @@ class StoreWriter:
              checkpoint_every: int = 500) -> "_Opening":
         """Open (creating 0600 and migrating) the store at `path` for writing.
 
-        Await it, or use it as `async with`. Raises StoreLocked when another process
-        writes the file, StoreVersionError for a newer schema, NotAStore, StoreError.
+        Await it, or use it as `async with`. Other writers may have the file open: they
+        share it. Raises StoreVersionError for a newer schema, StoreLocked when an older
+        podwarden (schema below 4) writes the file, NotAStore, StoreError.
         """
         return _Opening(Path(path), tuple(redact_patterns), dict(
             batch_size=batch_size, flush_interval=flush_interval, max_pending=max_pending,
@@ -386,25 +534,35 @@ class StoreWriter:
         redactor = Redactor(patterns)
         if not path.parent.is_dir():
             raise StoreError(str(path), f"directory {path.parent} does not exist")
-        lock_fd = _lock(path)
+        lock_fd = _upkeep_lock(path)
+        token = int.from_bytes(os.urandom(8), "big") >> 1
         conn: aiosqlite.Connection | None = None
+        blocks = None
+        live_fd: int | None = None
         try:
+            live_fd = _hold_liveness(path, token)  # before its writers row exists
             _create_private(path)
-            preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path))
+            preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, path, token, lock_fd))
             try:
-                max_ids = await asyncio.shield(preparing)
+                blocks = await asyncio.shield(preparing)
             except asyncio.CancelledError:
                 await asyncio.wait([preparing])  # keep the lock until the migration is done
+                if not preparing.cancelled() and preparing.exception() is None:
+                    blocks = preparing.result()  # registered: unregister below
                 raise
             conn = await aiosqlite.connect(path, isolation_level=None)
             for pragma in _PRAGMAS:
                 await conn.execute(pragma)
             _match_mode(path)
-            return cls(path, conn, lock_fd, redactor, max_ids, **options)
+            return cls(path, conn, lock_fd, redactor, token, blocks, live_fd=live_fd, **options)
         except BaseException:
             if conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
+            if blocks is not None:
+                _unregister(path, token)  # else its frontier holds the text index back
+            if live_fd is not None:
+                _release_liveness(path, token, live_fd)
             os.close(lock_fd)
             raise
 
@@ -440,6 +598,9 @@ class StoreWriter:
             await asyncio.wait([self._task])
             if self._inflight is not None and not self._inflight.done():
                 await asyncio.wait([self._inflight])
+            reserving = [task for task in self._reserving.values() if not task.done()]
+            if reserving:
+                await asyncio.wait(reserving)
             if self._failure is None and self._pending:
                 # The writer task was cancelled from outside; commit what it left.
                 try:
@@ -447,14 +608,16 @@ class StoreWriter:
                 except Exception as exc:
                     self._fail(exc)
             try:
+                await self._conn.execute("DELETE FROM writers WHERE token = ?", (self._token,))
                 await self._checkpoint()
             except sqlite3.Error:
-                pass  # not fatal: SQLite checkpoints again when the last connection closes
+                pass  # not fatal: a dead writer's row is ignored; SQLite checkpoints on the last close
         finally:
             try:
                 await self._conn.close()
             finally:
                 os.close(self._lock_fd)
+                _release_liveness(self.path, self._token, self._live_fd)
                 self._fail(self._failure or StoreClosed(str(self.path)))
         if self._failure is not None:
             raise StoreWriteFailed(str(self.path), self._failure)
@@ -482,10 +645,11 @@ class StoreWriter:
         """Queue an observation; return the id it is stored under.
 
         An event already stored (same target, container id, status and at_ns) is not
-        stored again: its existing id is returned when this writer knows it, and otherwise
-        (an event from an earlier session) references to the new id are redirected to the
-        stored row at commit. A log line already stored (same target, container, at_ns and
-        seq) is dropped at commit. `redacted`: the caller redacted `obs` with this
+        stored again: its existing id is returned when this writer knows it for this run,
+        and otherwise (an event from an earlier session, or another writer's) references to
+        the new id are redirected to the stored row at commit. A log line already stored
+        (same target, container, at_ns and seq) is dropped at commit. Either, when another
+        run stored it, is linked to `run_id` (`run_observations`) in the same commit. `redacted`: the caller redacted `obs` with this
         writer's redactor already (text is redacted exactly once: a pattern that is not
         idempotent would otherwise make the stored text differ from what the machines saw).
         Never blocks; raises StoreClosed / StoreWriteFailed.
@@ -495,12 +659,11 @@ class StoreWriter:
             raise ValueError(f"at_ns out of range: {obs.at_ns}")
         key = None
         if obs.kind == "event":
-            key = (_intern(obs.target), _intern(obs.container_id), _intern(obs.status), obs.at_ns)
+            key = (run_id, _intern(obs.target), _intern(obs.container_id), _intern(obs.status), obs.at_ns)
             known = self._event_ids.get(key)
             if known is not None:
                 return known
-        obs_id = self._next_obs_id
-        self._next_obs_id += 1
+        obs_id = self._take_id("observations")
         self._queue.observations.append(observation_row(obs, obs_id, run_id,
                                                          None if redacted else self.redactor))
         if key is not None:
@@ -517,8 +680,7 @@ class StoreWriter:
     def add_change(self, change: Any, observation_id: int | None, run_id: int | None = None) -> int:
         """Queue a state change (anything with StateChange's attributes); return its id."""
         self._check_open()
-        change_id = self._next_change_id
-        self._next_change_id += 1
+        change_id = self._take_id("changes")
         self._queue.changes.append((
             change_id, observation_id, run_id, change.target, change.container, change.at_ns,
             str(change.from_state), str(change.to_state), self.redactor.text(str(change.cause or "")),
@@ -532,8 +694,7 @@ class StoreWriter:
                     evidence: Any = (), at_ns: int) -> int:
         """Queue a finding (message, cause, fix and evidence redacted); return its id."""
         self._check_open()
-        finding_id = self._next_finding_id
-        self._next_finding_id += 1
+        finding_id = self._take_id("findings")
         redact = self.redactor.text
         self._queue.findings.append((
             finding_id, run_id, target, container, str(rule), str(severity), redact(message),
@@ -547,8 +708,7 @@ class StoreWriter:
                        ended_ns: int | None = None) -> int:
         """Queue an experiment (steps redacted); return its id for `update_experiment`."""
         self._check_open()
-        experiment_id = self._next_experiment_id
-        self._next_experiment_id += 1
+        experiment_id = self._take_id("experiments")
         self._queue.experiments.append((
             experiment_id, run_id, kind, subject, started_ns, ended_ns, verdict,
             to_json(self.redactor.value(steps)),
@@ -578,8 +738,7 @@ class StoreWriter:
                         *, started_ns: int | None = None) -> int:
         """Record the start of a run (with its config as given) and return its id, committed."""
         self._check_open()
-        run_id = self._next_run_id
-        self._next_run_id += 1
+        run_id = await self._reserve_run_id()
         self._queue.runs.append((
             run_id, command, to_json(list(targets)),
             time.time_ns() if started_ns is None else started_ns, None, None,
@@ -597,6 +756,37 @@ class StoreWriter:
             time.time_ns() if ended_ns is None else ended_ns, verdict, run_id)))
         self._queued()
         await self.flush()
+
+    def _take_id(self, table: str) -> int:
+        block = self._ids[table]
+        value = block.take()
+        if value is None:
+            # Half a block given out before its spare could be reserved: a writer given far
+            # more rows than its backpressure allows between two commits, or a file held by
+            # other writers past every retry. Never reserve here, on the event loop: this
+            # writer's own transaction may be open.
+            self._want_spare(table)
+            raise StoreError(str(self.path), f"ran out of {table} ids: {block.size:,} given out "
+                                             "before the next block could be reserved")
+        if block.wants_spare():
+            self._want_spare(table)
+        return value
+
+    async def _reserve_run_id(self) -> int:
+        """One run id, reserved in a transaction of its own (run ids follow start order);
+        refused for SQLITE_BUSY past the busy timeout, it is retried like a commit."""
+        async def statements(conn: aiosqlite.Connection) -> int:
+            ((end,),) = await conn.execute_fetchall(ids.reserve_statement("runs"), (1, "runs"))
+            return end - 1
+
+        for attempt in range(_BUSY_RETRIES + 1):
+            try:
+                return await self._transaction(statements, "cannot start a run")
+            except _Busy:
+                if attempt == _BUSY_RETRIES:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed. Raises StoreWriteFailed."""
@@ -670,7 +860,7 @@ class StoreWriter:
         async with self._conn_lock:
             rows = await self._conn.execute_fetchall(
                 f"SELECT ended_ns, targets FROM runs WHERE ended_ns IS NOT NULL "
-                f"AND command IN ({', '.join('?' * len(commands))}) ORDER BY id DESC LIMIT 200", commands)
+                f"AND command IN ({', '.join('?' * len(commands))}) ORDER BY ended_ns DESC LIMIT 200", commands)
         for ended_ns, targets in rows:
             try:
                 if target in json.loads(targets):
@@ -720,7 +910,8 @@ class StoreWriter:
         """Delete up to `chunk` rows older than `before_ns` in one transaction and return how
         many went (0: nothing older is left).
 
-        Observations and changes go by `at_ns`, then findings by `at_ns`, experiments and
+        Observations (with their `run_observations` links, by trigger) and changes go by
+        `at_ns`, then findings by `at_ns`, experiments and
         runs that ended before `before_ns` (a run or experiment still going is kept).
         Raises StoreClosed / StoreWriteFailed, StoreError when the statement fails.
         """
@@ -735,14 +926,20 @@ class StoreWriter:
         Meant to run in the task group that owns the writer; returns once the writer is
         closing. A step runs only while the writer is not committing and has less than a
         batch queued, and aims at `step_seconds` (its chunk grows and shrinks to fit); after
-        a pass with nothing left to do it sleeps `interval` seconds. Raises StoreWriteFailed
-        or StoreError when a step fails (the writer itself keeps going).
+        a pass with nothing left to do it sleeps `interval` seconds. Only the writer that
+        holds the upkeep lock (`<db>-writer.lock`) tidies; another tries to take it every
+        `interval` seconds. A step refused for SQLITE_BUSY is skipped until the next pass.
+        Raises StoreWriteFailed or StoreError when a step fails (the writer itself keeps going).
         """
         if keep_ns is not None and keep_ns <= 0:
             raise ValueError(f"keep_ns must be positive, not {keep_ns}")
         chunks = {"prune": _PRUNE_CHUNK // 4, "index": _INDEX_CHUNK // 4}
         try:
             while not self._stopping:
+                if not self._upkeep and not _try_flock(self._lock_fd):
+                    await self._idle_sleep(interval)  # another writer does the upkeep
+                    continue
+                self._upkeep = True
                 did = 0
                 if keep_ns is not None:
                     did += await self._tuned_step(
@@ -761,7 +958,10 @@ class StoreWriter:
         if self._stopping:
             return 0
         started = time.perf_counter()
-        done = await step(chunks[name])
+        try:
+            done = await step(chunks[name])
+        except _Busy:
+            return 0  # other writers kept the file busy: the next pass tries again
         took = time.perf_counter() - started
         if done and took > seconds:
             chunks[name] = max(_MIN_CHUNK, chunks[name] // 2)
@@ -791,7 +991,8 @@ class StoreWriter:
                 await asyncio.wait([task])  # the transaction ends (commit or rollback) first
             raise
 
-    async def _transaction(self, statements: Callable[[aiosqlite.Connection], Any]) -> Any:
+    async def _transaction(self, statements: Callable[[aiosqlite.Connection], Any],
+                           failed: str = "maintenance failed") -> Any:
         async with self._conn_lock:
             if self._stopping:  # the connection closes behind the final commit
                 raise StoreClosed(str(self.path))
@@ -807,7 +1008,8 @@ class StoreWriter:
                     except sqlite3.Error:
                         pass
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(str(self.path), f"maintenance failed: {exc}") from None
+                    kind = _Busy if _busy(exc) else StoreError
+                    raise kind(str(self.path), f"{failed}: {exc}") from None
                 raise
             return result
 
@@ -820,6 +1022,11 @@ class StoreWriter:
                 return 0
             ((last,),) = await conn.execute_fetchall("SELECT max(id) FROM observations")
             end = min(last, first - 1 + chunk)  # from the next stored id: gaps cost nothing
+            frontier = await self._lowest_frontier(conn)
+            if frontier is not None:
+                end = min(end, frontier - 1)  # a live writer may still commit ids above it
+            if end < first:
+                return 0
             await conn.execute(
                 "INSERT INTO log_fts (rowid, line) SELECT id, json_extract(data, '$.line') "
                 # NOT INDEXED: by id range; SQLite would walk every log line of kind_at
@@ -828,6 +1035,16 @@ class StoreWriter:
             return end - upto
 
         return await self._transaction(statements)
+
+    async def _lowest_frontier(self, conn: aiosqlite.Connection) -> int | None:
+        """The lowest observation id a live writer may still commit (dead writers' rows go:
+        a writer is gone when its liveness flock can be taken, see `_writer_gone`)."""
+        rows = await conn.execute_fetchall("SELECT token, frontier FROM writers")
+        lowest, dead = ids.lowest_live_frontier(
+            rows, lambda token: token != self._token and _writer_gone(self.path, token))
+        if dead:
+            await conn.executemany("DELETE FROM writers WHERE token = ?", [(token,) for token in dead])
+        return lowest
 
     async def _prune(self, before_ns: int, chunk: int) -> int:
         async def statements(conn: aiosqlite.Connection) -> int:
@@ -866,9 +1083,18 @@ class StoreWriter:
             self._fail(exc)
 
     async def _commit(self) -> None:
-        batch = self._take()
-        self._inflight = asyncio.ensure_future(self._write(batch))
-        await asyncio.shield(self._inflight)
+        """Commit the queue; a commit refused for SQLITE_BUSY past the busy timeout (other
+        writers held the file) is retried `_BUSY_RETRIES` times before the writer fails."""
+        for attempt in range(_BUSY_RETRIES + 1):
+            batch = self._take()  # a failed batch was put back in front of the queue
+            self._inflight = asyncio.ensure_future(self._write(batch))
+            try:
+                await asyncio.shield(self._inflight)
+                break
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or attempt == _BUSY_RETRIES:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
         self._commits += 1
         if self._checkpoint_every and self._commits % self._checkpoint_every == 0:
             await self._checkpoint()
@@ -877,6 +1103,7 @@ class StoreWriter:
         """Commit one batch in one transaction; on any failure roll back and requeue it."""
         async with self._conn_lock:
             conn = self._conn
+            redirects: dict[int, int] = {}  # this batch's, whatever the trim of self._redirects
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 if batch.runs:
@@ -885,11 +1112,18 @@ class StoreWriter:
                     before = conn.total_changes
                     await conn.executemany(_INSERT_OBS, batch.observations)
                     if conn.total_changes - before < len(batch.observations):
-                        await self._redirect_duplicates(batch.observations)
+                        redirects = await self._redirect_duplicates(batch.observations)
+                    cursor = await conn.execute("UPDATE writers SET frontier = ? WHERE token = ?",
+                                                (self._frontier(), self._token))
+                    if cursor.rowcount != 1:
+                        # another process took this writer for gone: the text index may have
+                        # passed its frontier, so its rows would stay unindexed. Fail loudly.
+                        raise StoreError(str(self.path), "this writer's row in `writers` is gone "
+                                         "(another process took it for ended): not committing")
                 if batch.changes:
                     changes = batch.changes
-                    if self._redirects:
-                        changes = [self._redirected(row) for row in changes]
+                    if self._redirects or redirects:
+                        changes = [self._redirected(row, redirects) for row in changes]
                     await conn.executemany(_INSERT_CHANGE, changes)
                 if batch.findings:
                     await conn.executemany(_INSERT_FINDING, batch.findings)
@@ -898,6 +1132,8 @@ class StoreWriter:
                 for sql, params in batch.updates:
                     await conn.execute(sql, params)
                 await conn.execute("COMMIT")
+                if redirects:
+                    self._keep_redirects(redirects)
             except BaseException:
                 # After a cancelled executemany its rows are in the transaction anyway:
                 # the rollback (queued behind it on the connection's thread) drops them.
@@ -912,37 +1148,100 @@ class StoreWriter:
         self._committed_seq = max(self._committed_seq, batch.seq)
         self._release_waiters()
 
-    async def _redirect_duplicates(self, rows: list[tuple]) -> None:
-        """Map the ids of events the unique key refused to the rows already stored."""
+    def _frontier(self) -> int:
+        """The lowest observation id this writer may still commit (see schema migration 4)."""
+        queued = self._queue.observations
+        return queued[0][_ID] if queued else self._ids["observations"].lowest()
+
+    def _want_spare(self, table: str) -> None:
+        """Reserve `table`'s next block in a short transaction of its own on this writer's
+        connection (under its lock: between two commits, never inside one), in a task."""
+        task = self._reserving.get(table)
+        if task is not None and not task.done():
+            return
+        self._reserving[table] = asyncio.ensure_future(self._reserve_spare(table))
+
+    async def _reserve_spare(self, table: str) -> None:
+        block = self._ids[table]
+
+        async def statements(conn: aiosqlite.Connection) -> tuple[int, int]:
+            ((end,),) = await conn.execute_fetchall(ids.reserve_statement(table), (block.size, table))
+            return end - block.size, end
+
+        for attempt in range(_BUSY_RETRIES + 1):
+            if not block.wants_spare() or self._stopping or self._failure is not None:
+                return
+            try:
+                reserved = await self._transaction(statements, f"cannot reserve {table} ids")
+            except _Busy:
+                await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            except StoreError:
+                return  # closed, or failing: the next id taken asks again
+            block.add_block(*reserved)
+            return
+
+    async def _redirect_duplicates(self, rows: list[tuple]) -> dict[int, int]:
+        """For each event or log line the unique key refused: map an event's id to the row
+        already stored, and link that row to this run when another run stored it. Returns
+        this batch's redirects (whole: the batch's changes are remapped from them, while
+        `self._redirects`, for later batches, keeps only the newest `_REDIRECT_SIZE`)."""
+        redirects: dict[int, int] = {}
         stored = {r[0] for r in await self._conn.execute_fetchall(
             "SELECT id FROM observations WHERE id BETWEEN ? AND ?", (rows[0][_ID], rows[-1][_ID]))}
+        links = []
         for row in rows:
-            if row[_ID] in stored or row[_KIND] != "event":
-                continue  # a log line already stored is simply dropped: nothing refers to it
-            found = await self._conn.execute_fetchall(
-                "SELECT id FROM observations WHERE kind = 'event' AND target = ? "
-                "AND container_id = ? AND status = ? AND at_ns = ?",
-                (row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]))
-            if found:
-                self._redirects[row[_ID]] = found[0][0]
-                self._remember_event((row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]),
-                                     found[0][0])
+            if row[_ID] in stored:
+                continue
+            if row[_KIND] == "event":
+                found = await self._conn.execute_fetchall(_STORED_EVENT, (
+                    row[_TARGET], row[_CONTAINER_ID], row[_STATUS], row[_AT_NS]))
+            else:
+                found = await self._conn.execute_fetchall(_STORED_LOG, (
+                    row[_TARGET], row[_CONTAINER], row[_AT_NS], row[_SEQ]))
+            if not found:
+                continue
+            found_id, found_run = found[0]
+            if row[_RUN_ID] is not None and found_run != row[_RUN_ID]:
+                links.append((row[_RUN_ID], found_id, row[_ID]))
+            if row[_KIND] == "event":
+                redirects[row[_ID]] = found_id
+                self._remember_event((row[_RUN_ID], row[_TARGET], row[_CONTAINER_ID], row[_STATUS],
+                                      row[_AT_NS]), found_id)
+        if links:
+            await self._conn.executemany(_INSERT_LINK, links)
+        return redirects
+
+    def _keep_redirects(self, redirects: dict[int, int]) -> None:
+        """After a commit: keep the newest `_REDIRECT_SIZE` redirects for later batches."""
+        self._redirects.update(redirects)
         while len(self._redirects) > _REDIRECT_SIZE:
             del self._redirects[next(iter(self._redirects))]
 
-    def _redirected(self, change_row: tuple) -> tuple:
-        target_id = self._redirects.get(change_row[1])
+    def _redirected(self, change_row: tuple, redirects: dict[int, int]) -> tuple:
+        target_id = redirects.get(change_row[1])
+        if target_id is None:
+            target_id = self._redirects.get(change_row[1])
         if target_id is None:
             return change_row
         return (change_row[0], target_id, *change_row[2:])
 
     async def _checkpoint(self) -> None:
+        """Checkpoint the WAL. A writer alone in `writers` runs a TRUNCATE checkpoint with a
+        short busy timeout (as a single writer always did: the WAL file shrinks back);
+        with other writers, the upkeep holder runs a PASSIVE one: it copies what no reader
+        still needs and never takes the write lock, so other writers never wait for it."""
         async with self._conn_lock:
-            await self._conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_BUSY_MS}")
-            try:
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                await self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            ((others,),) = await self._conn.execute_fetchall(
+                "SELECT count(*) FROM writers WHERE token != ?", (self._token,))
+            if not others:
+                await self._conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_BUSY_MS}")
+                try:
+                    await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    await self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            elif self._upkeep:
+                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- bookkeeping -----------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from store import (
     NoStore,
     NotAStore,
     QueryRejected,
-    StoreLocked,
     StoreReader,
     StoreVersionError,
     StoreWriteFailed,
@@ -162,20 +161,21 @@ def test_files_are_0600_even_with_a_loose_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
-def test_one_writer_per_file(tmp_path: Path) -> None:
+def test_two_writers_share_a_file(tmp_path: Path) -> None:
+    """A second writer of a file another writer has open writes into it (no StoreLocked)."""
     db = tmp_path / "pw.db"
 
-    async def two() -> None:
-        async with StoreWriter.open(db, []):
-            with pytest.raises(StoreLocked, match=str(os.getpid())):
-                await StoreWriter.open(db, [])
-        async with StoreWriter.open(db, []):  # released on close
-            pass
+    async def two() -> list[int]:
+        async with StoreWriter.open(db, []) as first:
+            async with StoreWriter.open(db, []) as second:
+                ids = [first.add(log(1)), second.add(log(2)), first.add(log(3))]
+                await second.flush()
+            await first.flush()
+        return ids
 
-    run(two())
-
-
-# -- idempotence and ids ------------------------------------------------------------------
+    ids = run(two())
+    assert len(set(ids)) == 3 and ids[0] < ids[2]
+    assert sorted(r[0] for r in raw(db, "SELECT id FROM observations")) == sorted(ids)
 
 
 def test_same_event_twice_is_one_row_and_other_keys_are_not(tmp_path: Path) -> None:
