@@ -192,7 +192,7 @@ def build(reader: StoreReader, run_id: int | None = None) -> Report:
     # the timeline's axis is the node's clock (every span and mark is a node time); the run's own
     # start and end are this machine's, and may be skewed from it
     start = first_ns or run.started_ns
-    end = max(last_ns, *(c.at_ns for c in changes[-1:]), *(f.at_ns for f in findings)) if last_ns else (
+    end = max([last_ns, *(c.at_ns for c in changes[-1:]), *(f.at_ns for f in findings)]) if last_ns else (
         run.ended_ns or start)
     return Report({"id": run.id, "command": run.command, "targets": list(run.targets), "started": run.started_ns,
                    "ended": run.ended_ns, "verdict": run.verdict},

@@ -63,6 +63,27 @@ def record_night(db: Path, *, command: str = "run", skew_ns: int = NODE_T0, soak
     return asyncio.run(go())
 
 
+def test_a_quiet_run_with_no_change_and_no_finding_is_reported(tmp_path):
+    """A night where nothing happened: log lines only (found by bench_morning: the axis's end
+    was computed from an empty list of changes and findings)."""
+    db = tmp_path / "quiet.db"
+    config = config_from_dict({"containers": {"web": {"expected_state": "running"}}})
+
+    async def go() -> int:
+        async with recording(config, "watch", ["n1"], str(db)) as rec:
+            for n in range(3):
+                rec.sink.put(LogObs("n1", "web", NODE_T0 + n * S, f"all quiet {n}", seq=n))
+            rec.verdict = "pass"
+            return rec.run_id
+
+    run_id = asyncio.run(go())
+    with StoreReader(db) as reader:
+        report = morning.build(reader, run_id)
+    assert report.end_ns >= NODE_T0 + 2 * S and report.start_ns <= NODE_T0  # the lines' own times
+    assert "<svg" in morning.render(report, "html")
+    assert f"run {run_id}" in morning.render(report, "md").lower()
+
+
 def test_hostile_text_stays_inert_and_the_axis_is_the_nodes_clock(tmp_path):
     db = tmp_path / "pw.db"
     run_id = record_night(db)
