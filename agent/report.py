@@ -107,9 +107,10 @@ def load(db: str | Path, run_id: int | None = None) -> Report:
 def build(reader: StoreReader, run_id: int | None = None) -> Report:
     """The report of run `run_id` (default: `default_run`). Raises NoRun.
 
-    One pass over the run's observations in arrival order, log lines without their text
-    unless they are errors (the machines read no other): memory grows with the containers,
-    probes and actions, not with the night's log lines.
+    One pass over the run's observations in arrival order but for the log lines that are no
+    errors (they change no machine's state): a night's report reads a tenth of its rows, and
+    its memory grows with the containers, probes and actions, not with the log lines. The
+    timeline spans the run's first to last observation, log lines included.
     """
     if run_id is None:
         run_id = default_run(reader)
@@ -129,13 +130,14 @@ def build(reader: StoreReader, run_id: int | None = None) -> Report:
     probes: dict[tuple[str, str], dict[str, Any]] = {}
     actions: list[dict[str, Any]] = []
     snapshots: dict[tuple[str, str], Any] = {}
-    first_ns = last_ns = 0
+    first_ns, last_ns = reader.time_bounds(run_id)
+    first_ns, last_ns = first_ns or 0, last_ns or 0
     fleet = Fleet(settings_of(run.config))
     try:
-        for record in reader.arrival_records(run_id=run_id, lean_logs=True):
+        for record in reader.arrival_records(run_id=run_id, quiet_logs=False):
             obs = record.obs
             fleet.feed(obs)
-            first_ns = min(first_ns, obs.at_ns) if first_ns else obs.at_ns
+            first_ns = min(first_ns, obs.at_ns) if first_ns else obs.at_ns  # a shared one may come first
             last_ns = max(last_ns, obs.at_ns)
             if obs.kind == "snapshot":
                 snapshots[(obs.target, obs.container)] = obs

@@ -60,6 +60,8 @@ from machines.observations import (  # noqa: E402
     SnapshotObs,
     obs_to_json,
 )
+import agent.report as report_module  # noqa: E402
+from agent.replay import replay_verb  # noqa: E402
 from store import StoreReader, StoreWriter  # noqa: E402
 from store import query as q  # noqa: E402
 from store.redact import DEFAULT_PATTERNS  # noqa: E402
@@ -336,6 +338,14 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[f
     return {name: (median(times[name]), results[name]) for name in fns}
 
 
+def raw_rows(conn: sqlite3.Connection, run_id: int) -> Iterator[tuple]:
+    """One run's observations as raw sqlite3 reads them, in id order, a page at a time."""
+    cursor = conn.execute("SELECT id, target, container, container_id, at_ns, kind, status, seq, is_error, data "
+                          "FROM observations WHERE run_id = ? ORDER BY id", (run_id,))
+    while page := cursor.fetchmany(1000):
+        yield from page
+
+
 def drain(rows) -> int:
     n = 0
     for _ in rows:
@@ -579,6 +589,20 @@ def run_measurements(db: Path, count: int, rounds: int, built: dict, args, tmp: 
           f"{t_run_old * 1e3:.0f} ms); first arrival record of it {t_first * 1e3:.1f} ms; "
           f"last snapshots before a time: {len(snaps)} in {t_snap * 1e3:.1f} ms; container counts "
           f"(deaths, changes, errors) for the night: {len(counts)} containers in {t_counts * 1e3:.0f} ms")
+    # replay through the machines, and the report of the night, against a raw scan of the rows
+    night_runs = [run.id for run in runs]
+    t_scan, n_scan = timed(lambda: sum(drain(raw_rows(raw, run_id)) for run_id in night_runs), 1)
+    t_replay, n_replay = timed(lambda: sum(replay_verb(reader, run_id=run_id).observations
+                                           for run_id in night_runs), 1)
+    figures["replay_obs_per_s"] = n_replay / t_replay
+    figures["replay_ratio"] = (n_replay / t_replay) / (n_scan / t_scan)
+    t_report, pages = timed(lambda: [report_module.render(report_module.build(reader, run_id), "html")
+                                     for run_id in night_runs], 1)
+    figures["report_s"] = t_report
+    print(f"  replay of the night's {len(night_runs)} runs through fresh machines: {n_replay} observations in "
+          f"{t_replay:.1f} s = {n_replay / t_replay:.0f} obs/s (goal >= 100,000), "
+          f"{figures['replay_ratio']:.2f}x a raw scan of the same rows ({n_scan / t_scan:.0f} rows/s; goal >= 0.33); "
+          f"the HTML report of each run: {t_report:.2f} s in all (goal < 5 s), {sum(map(len, pages)) // 1024} KiB")
     reader.close()
     raw.close()
 

@@ -54,6 +54,9 @@ _OBS_COLUMNS = ", ".join(q.OBSERVATION_COLUMNS)
 _LEAN_COLUMNS = _OBS_COLUMNS.replace(
     ", data", ", CASE WHEN kind = 'log' AND coalesce(is_error, 0) = 0 THEN NULL ELSE data END")
 
+# a row that is not a log line without an error (the columns are the observation's)
+_NOT_QUIET_LOG = "(kind <> 'log' OR coalesce(is_error, 0) <> 0)"
+
 _CLASSES: dict[str, type] = {str(cls.kind): cls for cls in
                              (EventObs, LogObs, SnapshotObs, ProbeObs, ActionObs, AgentObs)}
 # The fields `data` may hold, per class (what obs_from_record accepts from it).
@@ -266,7 +269,7 @@ class StoreReader:
 
     def arrival_records(self, run_id: int | None = None, since_ns: int | None = None,
                         until_ns: int | None = None, target: str | None = None, *,
-                        lean_logs: bool = False) -> Iterator[ObservationRecord]:
+                        lean_logs: bool = False, quiet_logs: bool = True) -> Iterator[ObservationRecord]:
         """Stored observations in id order, the order they arrived in (what live fed the
         machines), keyset-paged by id; `until_ns` is exclusive.
 
@@ -277,22 +280,26 @@ class StoreReader:
 
         `lean_logs`: a log line that is no error comes without its text (`line` and
         `stream` ""): the machines only read the text of error lines, and the JSON is most
-        of a row's cost. Rows stored after the first page is read are not included.
-        Raises StoreError.
+        of a row's cost. `quiet_logs=False`: no log line that is no error at all (it changes
+        no machine's state: a pass that needs the machines' states and not which containers
+        logged reads a tenth of a night's rows). Rows stored after the first page is read are
+        not included. Raises StoreError.
         """
         columns = _LEAN_COLUMNS if lean_logs else _OBS_COLUMNS
-        own = self._own_arrivals(columns, run_id, since_ns, until_ns, target)
+        extra = [] if quiet_logs else [_NOT_QUIET_LOG]
+        own = self._own_arrivals(columns, run_id, since_ns, until_ns, target, extra)
         if run_id is None:
             yield from self._decoded(own)
             return
-        linked = self._linked_arrivals(columns, run_id, since_ns, until_ns, target)
+        linked = self._linked_arrivals(columns, run_id, since_ns, until_ns, target, extra)
         merged = heapq.merge(((row[0], row) for row in own), linked, key=lambda pair: pair[0])
         yield from self._decoded(row for _, row in merged)
 
     def _linked_arrivals(self, columns: str, run_id: int, since_ns: int | None, until_ns: int | None,
-                         target: str | None) -> Iterator[tuple[int, tuple]]:
+                         target: str | None, extra: list[str]) -> Iterator[tuple[int, tuple]]:
         """(position, row) of a run's shared observations, by position, keyset-paged."""
         clauses, params = self._window(since_ns, until_ns, target=target)
+        clauses += extra
         # the window's columns (at_ns, target) are the observation's: run_observations has none
         sql = (f"SELECT position, {columns} FROM (SELECT l.position AS position, o.* "
                "FROM run_observations l JOIN observations o ON o.id = l.observation_id "
@@ -308,8 +315,9 @@ class StoreReader:
             after = rows[-1][0]
 
     def _own_arrivals(self, columns: str, run_id: int | None, since_ns: int | None,
-                      until_ns: int | None, target: str | None) -> Iterator[tuple]:
+                      until_ns: int | None, target: str | None, extra: list[str]) -> Iterator[tuple]:
         clauses, params = self._window(since_ns, until_ns, run_id=run_id, target=target)
+        clauses += extra
         low, high = self._id_bounds(run_id, since_ns, until_ns)
         if low is None:
             return
@@ -338,6 +346,11 @@ class StoreReader:
                                      "(SELECT max(id) FROM observations)")[0])
         return tuple(self._fetch(f"SELECT min(id), max(id) FROM observations INDEXED BY {index} "
                                  f"WHERE {' AND '.join(where)}", params)[0])
+
+    def time_bounds(self, run_id: int) -> tuple[int | None, int | None]:
+        """The first and last at_ns of a run's own observations (two seeks in its index)."""
+        return tuple(self._fetch("SELECT min(at_ns), max(at_ns) FROM observations INDEXED BY observations_run_at "
+                                 "WHERE run_id = ?", (run_id,))[0])
 
     def last_snapshots_before(self, at_ns: int, target: str | None = None) -> list[ObservationRecord]:
         """The newest snapshot of each (target, container) stored before `at_ns` (the state a
