@@ -506,6 +506,7 @@ class StoreWriter:
         self._event_ids: dict[tuple, int] = {}
         self._redirects: dict[int, int] = {}
         self._reserving: dict[str, asyncio.Future[None]] = {}
+        self._spare_error: BaseException | None = None  # why the last spare reservation failed
         self._failure: BaseException | None = None
         self._stopping = False
         self._commits = 0
@@ -532,6 +533,10 @@ class StoreWriter:
     @classmethod
     async def _open(cls, path: Path, patterns: tuple[str, ...], options: dict[str, Any]) -> StoreWriter:
         redactor = Redactor(patterns)
+        # SQLite follows a symlink to the file (its -wal and -shm are the real file's): the lock
+        # files beside it must be the real file's too, or two writers through two names would
+        # not see each other's locks
+        path = Path(os.path.realpath(path))
         if not path.parent.is_dir():
             raise StoreError(str(path), f"directory {path.parent} does not exist")
         lock_fd = _upkeep_lock(path)
@@ -765,9 +770,11 @@ class StoreWriter:
             # more rows than its backpressure allows between two commits, or a file held by
             # other writers past every retry. Never reserve here, on the event loop: this
             # writer's own transaction may be open.
+            failed = self._spare_error
             self._want_spare(table)
             raise StoreError(str(self.path), f"ran out of {table} ids: {block.size:,} given out "
-                                             "before the next block could be reserved")
+                                             "before the next block could be reserved"
+                                             + (f" ({failed})" if failed is not None else "")) from failed
         if block.wants_spare():
             self._want_spare(table)
         return value
@@ -1176,8 +1183,10 @@ class StoreWriter:
             except _Busy:
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
-            except StoreError:
-                return  # closed, or failing: the next id taken asks again
+            except Exception as exc:  # closed, failing, or a broken file: said when ids run out
+                self._spare_error = exc
+                return
+            self._spare_error = None
             block.add_block(*reserved)
             return
 

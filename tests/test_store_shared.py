@@ -620,3 +620,30 @@ def test_a_writer_whose_row_is_gone_fails_loudly(tmp_path: Path) -> None:
                 pass
 
     assert "row in `writers` is gone" in asyncio.run(write())
+
+
+def test_two_writers_through_a_symlink_see_each_others_locks(tmp_path: Path) -> None:
+    """SQLite follows a symlink to the real file; so do the lock files beside it: a writer
+    through another name is alive to the indexer, and keeps its row."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "other").mkdir()
+    db = real / "pw.db"
+    alias = tmp_path / "other" / "pw.db"
+
+    async def write() -> None:
+        async with StoreWriter.open(db, []) as first:
+            first.add(LogObs("node1", "a", BASE, "a 0", seq=0))
+            await first.flush()
+            alias.symlink_to(db)
+            async with StoreWriter.open(alias, []) as second:
+                second.add(LogObs("node1", "b", BASE, "b 0", seq=0))
+                await second.flush()
+                await first.index_logs()  # must not take the second for a dead writer
+                second.add(LogObs("node1", "b", BASE + 1, "b 1", seq=1))
+                await second.flush()  # its row is still there: the commit goes through
+                with StoreReader(db) as reader:
+                    assert reader.query("SELECT count(*) FROM writers")[1] == [(2,)]
+
+    asyncio.run(write())
+    assert not list((tmp_path / "other").glob("pw.db-writer*"))  # every lock beside the real file
