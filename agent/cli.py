@@ -486,12 +486,7 @@ def _experiment(opts: Options, kind: str, subjects: list[str], **options: Any) -
     try:
         outcome = run_async(go())
     except ExperimentInterrupted as exc:
-        err.print(Text(f"interrupted while waiting for {exc}: rolled back what the experiment stopped; "
-                       f"stored as an interrupted run in {db}"))
-        if opts.json:
-            opts.emit({"verdict": "interrupted", "error": {"kind": "interrupted", "exit_code": 130,
-                                                           "message": f"interrupted while waiting for {exc}"}})
-        return 130
+        return _interrupted(opts, db, exc)
     if opts.json:
         opts.emit(outcome.to_json())
     else:
@@ -685,18 +680,23 @@ def run_plan(opts: Options, soak_for: str | None, skip: tuple[str, ...], kinds: 
     try:
         outcome = run_async(go())
     except ExperimentInterrupted as exc:
-        err.print(Text(f"interrupted while waiting for {exc}: rolled back what the experiment stopped; "
-                       f"stored as an interrupted run in {db}"))
-        if opts.json:
-            opts.emit({"verdict": "interrupted", "error": {"kind": "interrupted", "exit_code": 130,
-                                                           "message": f"interrupted while waiting for {exc}"}})
-        return 130
+        return _interrupted(opts, db, exc)
     if opts.json:
         opts.emit(outcome.to_json())
     else:
         out.print(render.run_outcome(outcome))
         err.print(f"stored as run {outcome.run_id} in {db}", markup=False)
     return _run_exit(outcome)
+
+
+def _interrupted(opts: Any, db: str, exc: Exception) -> int:
+    """Say that an experiment (alone or in `run`) was interrupted and rolled back; exit 130."""
+    err.print(Text(f"interrupted while waiting for {exc}: rolled back what the experiment stopped; "
+                   f"stored as an interrupted run in {db}"))
+    if opts.json:
+        opts.emit({"verdict": "interrupted", "error": {"kind": "interrupted", "exit_code": 130,
+                                                       "message": f"interrupted while waiting for {exc}"}})
+    return 130
 
 
 def _run_exit(outcome: Any) -> int:

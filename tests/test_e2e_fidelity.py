@@ -9,39 +9,28 @@ log line (an `Authorization:` header followed by 60,000 spaces) beside a crash.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from agent import podman as pm
-from agent import testbed
 from tests.agent_process import Agent, read_db
 from tests.sshd import SshServer
+from tests.own_containers import OwnContainers, podman
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 IMAGE = "localhost/fid-busybox:1"
 NAMES = ("fid-crash", "fid-stop", "fid-restart", "fid-health", "fid-noisy")
+OWN = OwnContainers(IMAGE, NAMES)
+inspect, running = OWN.inspect, OWN.running
 S = 1_000_000_000
-
-
-def podman(*argv: str, check: bool = True, timeout: float = 120) -> str:
-    result = subprocess.run(["podman", *argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    if check:
-        assert result.returncode == 0, f"podman {' '.join(argv)}: {result.stderr.decode(errors='replace')}"
-    return result.stdout.decode(errors="replace")
-
-
-def inspect(name: str) -> dict[str, Any]:
-    assert name in NAMES, name  # never touch anyone else's containers
-    return json.loads(podman("container", "inspect", name))[0]
 
 
 def crash(name: str) -> None:
@@ -49,11 +38,6 @@ def crash(name: str) -> None:
     pid = inspect(name)["State"]["Pid"]
     assert pid > 1, f"{name} is not running"
     os.kill(pid, signal.SIGKILL)
-
-
-def running(name: str) -> bool:
-    state = inspect(name)["State"]
-    return state["Status"] == "running" and state["Pid"] > 1
 
 
 def run_container(name: str, *args: str) -> None:
@@ -64,12 +48,7 @@ def run_container(name: str, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
-    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
-        subprocess.run(["podman", "import", "--change", 'CMD ["/bin/sh"]', "-", IMAGE],
-                       input=testbed.image_tar()[0], capture_output=True, timeout=300, check=True)
-    podman("rm", "--force", "--ignore", "--time", "0", *NAMES)
-    yield IMAGE
-    podman("rm", "--force", "--ignore", "--time", "0", *NAMES, check=False)
+    yield from OWN.session()
 
 
 def config(tmp: Path, containers: dict[str, str]) -> Path:

@@ -24,10 +24,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from agent import testbed
 from tests.agent_process import Agent
 from tests.conftest import IN_CI
 from tests.sshd import SshServer, free_port
+from tests.own_containers import OwnContainers, podman
 from tests.test_metrics import ALERTS, dashboard_exprs, metric_names
 from tests.waiting import wait_for
 
@@ -35,23 +35,8 @@ pytestmark = pytest.mark.e2e
 
 IMAGE = "localhost/met-busybox:1"
 NAMES = ("met-crash",)
-
-
-def podman(*argv: str, check: bool = True, timeout: float = 120) -> str:
-    result = subprocess.run(["podman", *argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    if check:
-        assert result.returncode == 0, f"podman {' '.join(argv)}: {result.stderr.decode(errors='replace')}"
-    return result.stdout.decode(errors="replace")
-
-
-def inspect(name: str) -> dict[str, Any]:
-    assert name in NAMES, name  # never touch anyone else's containers
-    return json.loads(podman("container", "inspect", name))[0]
-
-
-def running(name: str) -> bool:
-    state = inspect(name)["State"]
-    return state["Status"] == "running" and state["Pid"] > 1
+OWN = OwnContainers(IMAGE, NAMES)
+inspect, running = OWN.inspect, OWN.running
 
 
 def require_prometheus() -> str:
@@ -67,12 +52,7 @@ def require_prometheus() -> str:
 
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
-    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
-        subprocess.run(["podman", "import", "--change", 'CMD ["/bin/sh"]', "-", IMAGE],
-                       input=testbed.image_tar()[0], capture_output=True, timeout=300, check=True)
-    podman("rm", "--force", "--ignore", "--time", "0", *NAMES)
-    yield IMAGE
-    podman("rm", "--force", "--ignore", "--time", "0", *NAMES, check=False)
+    yield from OWN.session()
 
 
 class PrometheusServer:
