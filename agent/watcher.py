@@ -95,15 +95,19 @@ class TargetWatcher:
         self._start_ns = start_ns if start_ns is not None else time.time_ns()
         self._last_event_ns = last_event_ns
         self._resume_ns = resume_ns
-        # the keys seeded from the store stay until newer events push them out of the span
+        # the keys seeded from the store stay until newer events push them out of the span;
+        # seeded once the node's clock is known (`_seed_store_events`)
         self._seen_events = RecentKeys(EVENT_KEYS_KEPT)
-        self._seen_events.seed(seen_events or (), order=_event_time)
+        self._store_events = set(seen_events or ())
         self._rootless = False
         self._run_healthchecks = False
         self._healthchecks: dict[str, float] = {}  # container -> interval seconds
         self._recheck: dict[str, int] = {}  # container -> a death not yet followed by a start
         self._recheck_wake = asyncio.Event()
         self._clock_offset_ns = 0  # node clock minus ours, so our records share podman's clock
+        # how far off that may be: the whole round trip of the `date` that measured it (a
+        # channel is opened before date runs: measured +228 ms on a loaded local node)
+        self._clock_error_ns = 0
         self._log_since_set = False
         self.ready = asyncio.Event()  # set once connected and the first reconcile is in
         self.facts: dict[str, podman.InspectFacts] = {}  # the latest inspect of the watched containers
@@ -197,12 +201,28 @@ class TargetWatcher:
         await transport.wait_closed()
         raise LinkLost("connection closed")
 
+    def _began_on_node(self) -> int:
+        """This run's start on the node's clock, as early as the offset's error allows."""
+        return self._start_ns + self._clock_offset_ns - self._clock_error_ns
+
+    def _seed_store_events(self) -> None:
+        """Know the store's events from before this run began (the previous run's, which the
+        resume re-reads), so they are not fed again. An event at or after the run's start on
+        the node's clock is this run's to see even when the store has it: another run
+        recording the same target at the same time stored it first (this run's writer then
+        links that row to this run); dropping it here lost a death from a soak beside a watch."""
+        began = self._began_on_node()
+        self._seen_events.seed({key for key in self._store_events if key[2] < began}, order=_event_time)
+        self._store_events = set()
+
     async def _learn_node(self, transport: Transport) -> None:
         before = time.time_ns()
         clock = await transport.run(["date", "+%s%N"], timeout=15)
         after = time.time_ns()
         if clock.ok and clock.stdout.strip().isdigit():
             self._clock_offset_ns = int(clock.stdout.strip()) - (before + after) // 2
+            self._clock_error_ns = after - before
+        self._seed_store_events()
         info_result = await transport.run(podman.info_cmd(self._podman), timeout=30)
         info = podman.parse_info(info_result.stdout) if info_result.ok else None
         if isinstance(info, podman.NodeInfo):
@@ -233,7 +253,9 @@ class TargetWatcher:
             return self._last_event_ns - RESUME_OVERLAP_NS
         if self._resume_ns is not None:
             return self._resume_ns
-        return self._start_ns + self._clock_offset_ns
+        # as early as the clock's error allows: a death just after the start must be read (an
+        # offset measured 228 ms late once put a kill 241 ms after the start out of the stream)
+        return self._began_on_node()
 
     async def _backfill_events(self, transport: Transport) -> None:
         """Read what podman recorded since the store's last knowledge, then return (no follow)."""
